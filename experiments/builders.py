@@ -1,0 +1,73 @@
+"""Builds the parts of a run from its config: device, data, model, optimizer."""
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+import data as datasets
+import models
+import optimizers
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"trainer.device={name} but no CUDA device is visible; use trainer.device=cpu or auto")
+    return device
+
+
+def setup_precision(precision: str, device: torch.device):
+    """Sets matmul precision and returns the autocast context for the forward pass."""
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def load_data(cfg: DictConfig, base_dir: str | None = None) -> "datasets.ImageDataset":
+    d = cfg.data
+    root = d.get("root")
+    if root is not None and base_dir is not None and not os.path.isabs(root):
+        root = os.path.join(base_dir, root)
+    return datasets.load_dataset(
+        d.name,
+        root,
+        subset=d.get("subset"),
+        test_subset=d.get("test_subset"),
+        val_split=d.get("val_split"),
+        seed=d.get("subset_seed", 0),
+        cache_dir=d.get("cache_dir"),
+        synthetic_size=(d.get("train_size", 2048), d.get("test_size", 512)),
+    )
+
+
+def build_model(cfg: DictConfig, num_classes: int, device: torch.device) -> torch.nn.Module:
+    model = models.build_model(cfg.model.depth, cfg.model.batch_norm, num_classes)
+    memory_format = torch.channels_last if cfg.trainer.channels_last else torch.preserve_format
+    return model.to(device=device, memory_format=memory_format)
+
+
+def build_optimizer(opt_cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """Instantiates optimizer._target_ over the model's parameter groups; other keys are its kwargs."""
+    cls = hydra.utils.get_class(opt_cfg._target_)
+    kwargs = {k: v for k, v in OmegaConf.to_container(opt_cfg, resolve=True).items() if k not in _NOT_KWARGS}
+    if "betas" in kwargs:
+        kwargs["betas"] = tuple(kwargs["betas"])
+    if opt_cfg.name == "adam":
+        kwargs.pop("weight_decay", None)
+    groups = optimizers.param_groups(
+        model, opt_cfg.weight_decay, exclude_norm_and_bias=opt_cfg.get("exclude_norm_and_bias", False)
+    )
+    return cls(groups, **kwargs)
+
+
+_NOT_KWARGS = {"_target_", "name", "exclude_norm_and_bias"}

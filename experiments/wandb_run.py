@@ -1,0 +1,52 @@
+"""A W&B run per training run: online with an API key, offline otherwise, never a failure."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import netrc
+import os
+from contextlib import nullcontext
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+def _has_api_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def wandb_mode(cfg_mode: str | None) -> str:
+    """WANDB_MODE wins, then logger.mode, then online only when a key is configured."""
+    return os.environ.get("WANDB_MODE") or cfg_mode or ("online" if _has_api_key() else "offline")
+
+
+def start_wandb(cfg: DictConfig, run_dir: Path, run_name: str):
+    """A context manager yielding the W&B run, or None when logger=none."""
+    if cfg.logger.name != "wandb":
+        return nullcontext(None)
+    import wandb
+
+    mode = wandb_mode(cfg.logger.mode)
+    # A stable id per run folder lets a resumed run continue the same W&B run.
+    run_id = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16]
+    log.info("W&B run %s (%s mode) in %s", run_id, mode, run_dir / "wandb")
+    return wandb.init(
+        project=cfg.logger.project,
+        entity=cfg.logger.entity,
+        dir=str(run_dir),
+        mode=mode,
+        id=run_id,
+        resume="allow",
+        group=str(cfg.sweep_id),
+        name=run_name,
+        tags=[str(cfg.name)],
+        config=OmegaConf.to_container(cfg, resolve=True),
+        reinit="finish_previous",
+    )

@@ -1,0 +1,29 @@
+"""CIFAR ResNet models."""
+
+from models.resnet import (
+    BasicBlock,
+    CifarResNet,
+    ShortcutA,
+    blocks_per_stage,
+    build_model,
+    count_parameters,
+    resnet20,
+    resnet32,
+    resnet44,
+    resnet56,
+    resnet110,
+)
+
+__all__ = [
+    "BasicBlock",
+    "CifarResNet",
+    "ShortcutA",
+    "blocks_per_stage",
+    "build_model",
+    "count_parameters",
+    "resnet20",
+    "resnet32",
+    "resnet44",
+    "resnet56",
+    "resnet110",
+]

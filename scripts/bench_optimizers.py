@@ -1,0 +1,150 @@
+"""Mean optimizer step time on ResNet20-shaped parameters, side by side with torch.optim.AdamW(foreach=True).
+
+Every optimizer gets its own copy of the same parameters and fixed gradients. Measurements are
+interleaved (each repeat times every optimizer once, in a rotated order) and the median over
+repeats is reported, so machine-load drift hits all optimizers alike.
+
+    python scripts/bench_optimizers.py --device cpu --steps 50 --repeats 15 --json results/bench_optimizers.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import optimizers  # noqa: E402
+
+BASELINE = "torch_adamw"
+
+
+def resnet20_shapes(num_classes: int = 10, n: int = 3) -> list[tuple[int, ...]]:
+    """Parameter shapes of the CIFAR ResNet20 with BatchNorm (59 tensors, 269,722 values)."""
+    shapes: list[tuple[int, ...]] = [(16, 3, 3, 3), (16,), (16,)]
+    in_ch = 16
+    for out_ch in (16, 32, 64):
+        for _ in range(n):
+            shapes += [(out_ch, in_ch, 3, 3), (out_ch,), (out_ch,), (out_ch, out_ch, 3, 3), (out_ch,), (out_ch,)]
+            in_ch = out_ch
+    return shapes + [(num_classes, 64), (num_classes,)]
+
+
+def optimizer_factories() -> dict[str, Callable[[list[torch.Tensor]], torch.optim.Optimizer]]:
+    lr, wd_torch, wd_paper = 1e-3, 1e-2, 1e-5  # wd_paper = lr * wd_torch
+    return {
+        BASELINE: lambda ps: torch.optim.AdamW(ps, lr=lr, weight_decay=wd_torch, foreach=True),
+        "torch_adam_l2": lambda ps: torch.optim.Adam(ps, lr=lr, weight_decay=wd_torch, foreach=True),
+        "torch_sgd": lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=5e-4, foreach=True),
+        "adam": lambda ps: optimizers.Adam(ps, lr=lr),
+        "adaml2": lambda ps: optimizers.AdamL2(ps, lr=lr, weight_decay=wd_torch),
+        "adamw": lambda ps: optimizers.AdamW(ps, lr=lr, weight_decay=wd_torch),
+        "decoupled_adamw": lambda ps: optimizers.DecoupledAdamW(ps, lr=lr, weight_decay=wd_paper),
+        "proxadam": lambda ps: optimizers.ProxAdam(ps, lr=lr, weight_decay=wd_paper),
+        "adamp": lambda ps: optimizers.AdamP(ps, lr=lr, weight_decay=wd_torch),
+        "sgd": lambda ps: optimizers.SGD(ps, lr=0.1, momentum=0.9, weight_decay=5e-4),
+        "sgdw": lambda ps: optimizers.SGDW(ps, lr=0.1, momentum=0.9, weight_decay=5e-5),
+    }
+
+
+def make_params(shapes, device: torch.device, seed: int = 0) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    params = []
+    for shape in shapes:
+        p = torch.randn(shape, generator=gen).to(device).requires_grad_()
+        p.grad = torch.randn(shape, generator=gen).to(device)
+        params.append(p)
+    return params
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(opt: torch.optim.Optimizer, steps: int, device: torch.device) -> float:
+    """Mean seconds per step over `steps` consecutive steps."""
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        opt.step()
+    sync(device)
+    return (time.perf_counter() - start) / steps
+
+
+def run(device: torch.device, steps: int, repeats: int, warmup: int) -> dict[str, dict[str, float]]:
+    shapes = resnet20_shapes()
+    opts = {name: make(make_params(shapes, device)) for name, make in optimizer_factories().items()}
+    for opt in opts.values():
+        time_steps(opt, warmup, device)
+    names = list(opts)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            samples[name].append(time_steps(opts[name], steps, device))
+    base = statistics.median(samples[BASELINE])
+    return {
+        name: {"ms_per_step": 1e3 * statistics.median(s), "ratio_to_torch_adamw": statistics.median(s) / base}
+        for name, s in samples.items()
+    }
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda but no CUDA device is visible; use --device cpu or auto")
+    return torch.device(name)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--steps", type=int, default=50, help="steps per timed round")
+    parser.add_argument("--repeats", type=int, default=15, help="interleaved rounds; the median is reported")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed steps per optimizer first")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here (atomically)")
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.repeats < 1 or args.warmup < 0:
+        parser.error("--steps and --repeats must be >= 1, --warmup >= 0")
+
+    device = pick_device(args.device)
+    shapes = resnet20_shapes()
+    results = run(device, args.steps, args.repeats, args.warmup)
+    numel = sum(torch.Size(s).numel() for s in shapes)
+    print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} "
+          f"tensors={len(shapes)} values={numel:,} steps={args.steps} repeats={args.repeats}")
+    print(f"{'optimizer':<18}{'ms/step':>10}{'x torch AdamW':>15}")
+    for name, r in results.items():
+        print(f"{name:<18}{r['ms_per_step']:>10.3f}{r['ratio_to_torch_adamw']:>15.3f}")
+    payload = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+               "tensors": len(shapes), "values": numel, "steps": args.steps, "repeats": args.repeats,
+               "results": results}
+    if args.json is not None:
+        write_json_atomic(args.json, payload)
+    return payload
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,330 @@
+"""Gather the runs of one or more sweeps into one tidy results CSV plus a long-form curves CSV.
+
+    python scripts/collect.py SWEEP_DIR... -o results/NAME.csv [--wandb-project ENTITY/PROJECT]
+
+Writes results/NAME.csv (one row per run) and results/NAME_curves.csv (one row per run and epoch),
+so that figures and notebooks never need the run folders. Importable: `collect_runs`,
+`write_results`, `main(argv)`. A run folder is laid out as in /tmp/design/OUTPUTS.md
+(summary.json, metrics.csv, config.yaml).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+HPARAM_COLUMNS = [
+    "optimizer", "lr", "weight_decay", "depth", "batch_norm", "dataset", "subset",
+    "epochs", "batch_size", "schedule", "seed", "loss_multiplier",
+]
+FINAL_METRICS = ["test_acc", "test_loss", "train_acc", "train_loss", "model_norm"]
+RESULT_COLUMNS = (
+    ["run_dir", "run_name", "sweep_id", "experiment", "status"]
+    + HPARAM_COLUMNS
+    + [f"final_{m}" for m in FINAL_METRICS]
+    + ["best_test_acc", "best_epoch", "epochs_completed", "diverged_epoch", "wall_time_s",
+       "git_commit", "error"]
+)
+# run_dir comes first because run names repeat across sweeps; it is the key that joins both CSVs.
+CURVE_ID_COLUMNS = ["run_dir", "run_name", "optimizer", "lr", "weight_decay", "seed",
+                    "loss_multiplier", "batch_norm"]
+RUN_DIR_MARKERS = ("summary.json", "metrics.csv", "config.yaml")
+REQUIRED_SUMMARY_KEYS = ("status", "hparams", "final")
+REQUIRED_HPARAMS = ("optimizer", "lr", "weight_decay")
+
+
+class NoRunsFound(ValueError):
+    """No usable run was found in any of the given places."""
+
+
+class SkippedRun(ValueError):
+    """A run folder that cannot be used; the message says why, in one line."""
+
+
+# ---------------------------------------------------------------- atomic file writes
+
+def write_csv_atomically(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Writes df to path through a temp file in the same folder, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            df.to_csv(f, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def curves_path_for(results_csv: str | os.PathLike) -> Path:
+    """results/NAME.csv -> results/NAME_curves.csv."""
+    p = Path(results_csv)
+    return p.with_name(f"{p.stem}_curves.csv")
+
+
+# ---------------------------------------------------------------- finding run folders
+
+def find_run_dirs(roots: Iterable[str | os.PathLike]) -> list[Path]:
+    """Folders under roots that hold summary.json, metrics.csv or config.yaml.
+
+    Hidden folders (.hydra, .submitit) are never run folders, and a run folder's own sub-folders
+    (e.g. a wandb/ folder with its own config.yaml) are not searched.
+    """
+    found: list[Path] = []
+    for root in roots:
+        root = Path(root)
+        if not root.is_dir():
+            raise NoRunsFound(f"sweep directory {root} does not exist; pass a folder holding run folders")
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            if any(m in filenames for m in RUN_DIR_MARKERS):
+                found.append(Path(dirpath))
+                dirnames[:] = []
+    return sorted(dict.fromkeys(found))
+
+
+def display_path(path: Path) -> str:
+    """path relative to the working directory when it lies below it, else absolute."""
+    resolved = path.resolve()
+    try:
+        return str(resolved.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(resolved)
+
+
+# ---------------------------------------------------------------- one run -> one row
+
+def _number(value: Any) -> Any:
+    """JSON null -> NaN, so numeric columns stay numeric."""
+    return math.nan if value is None else value
+
+
+def row_from_summary(summary: dict, run_dir: str) -> dict:
+    """The results row of one run summary (the summary.json layout of OUTPUTS.md)."""
+    if not isinstance(summary, dict):
+        raise SkippedRun("summary.json does not hold a JSON object")
+    missing = [k for k in REQUIRED_SUMMARY_KEYS if k not in summary]
+    hparams = summary.get("hparams")
+    if isinstance(hparams, dict):
+        missing += [f"hparams.{k}" for k in REQUIRED_HPARAMS if k not in hparams]
+    elif "hparams" in summary:
+        missing.append("hparams (not an object)")
+    if missing:
+        raise SkippedRun(f"summary.json lacks {', '.join(missing)}")
+    final = summary.get("final") or {}
+    best = summary.get("best") or {}
+    row: dict[str, Any] = {
+        "run_dir": run_dir,
+        "run_name": summary.get("run_name") or Path(run_dir).name,
+        "sweep_id": summary.get("sweep_id"),
+        "experiment": summary.get("experiment"),
+        "status": summary["status"],
+    }
+    for key in HPARAM_COLUMNS:
+        row[key] = _number(hparams.get(key))
+    for key in FINAL_METRICS:
+        row[f"final_{key}"] = _number(final.get(key))
+    row.update(
+        best_test_acc=_number(best.get("test_acc")),
+        best_epoch=_number(best.get("epoch")),
+        epochs_completed=_number(summary.get("epochs_completed")),
+        diverged_epoch=_number(summary.get("diverged_epoch")),
+        wall_time_s=_number(summary.get("wall_time_s")),
+        git_commit=summary.get("git_commit"),
+        error=summary.get("error"),
+    )
+    # Hyperparameters beyond the standard ones still get a column rather than being dropped.
+    for key in sorted(set(hparams) - set(HPARAM_COLUMNS)):
+        row[key] = hparams[key]
+    return row
+
+
+def read_run(run_dir: Path) -> dict:
+    """The results row of one run folder; raises SkippedRun with the reason when it is unusable."""
+    summary_file = run_dir / "summary.json"
+    if not summary_file.exists():
+        if (run_dir / "metrics.csv").exists():
+            raise SkippedRun("metrics.csv but no summary.json (partial run)")
+        raise SkippedRun("no summary.json (run never finished an epoch)")
+    try:
+        summary = json.loads(summary_file.read_text())
+    except (OSError, ValueError) as e:
+        raise SkippedRun(f"summary.json is not valid JSON ({type(e).__name__})") from None
+    return row_from_summary(summary, display_path(run_dir))
+
+
+def read_curves(run_dir: Path, row: dict) -> pd.DataFrame | None:
+    """metrics.csv of a run with the run's identifying columns in front; None when absent."""
+    metrics_file = run_dir / "metrics.csv"
+    if not metrics_file.exists():
+        return None
+    try:
+        metrics = pd.read_csv(metrics_file)
+    except (OSError, ValueError) as e:
+        raise SkippedRun(f"metrics.csv is unreadable ({type(e).__name__})") from None
+    # metrics.csv has its own per-epoch "lr" (the scheduled lr); keep it apart from the swept lr.
+    metrics = metrics.rename(columns={c: f"epoch_{c}" for c in metrics.columns if c in CURVE_ID_COLUMNS})
+    ids = pd.DataFrame({c: [row.get(c)] * len(metrics) for c in CURVE_ID_COLUMNS}, index=metrics.index)
+    return pd.concat([ids, metrics], axis=1)
+
+
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def collect_runs(sweep_dirs: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(results, curves) of every usable run under sweep_dirs.
+
+    Unusable run folders are reported on stderr, one line each, and skipped. Runs with status
+    "running" are kept. Raises NoRunsFound when no usable run is left.
+    """
+    sweep_dirs = list(sweep_dirs)
+    rows, curves = [], []
+    for run_dir in find_run_dirs(sweep_dirs):
+        try:
+            row = read_run(run_dir)
+        except SkippedRun as e:
+            _warn(f"collect: skipping {display_path(run_dir)}: {e}")
+            continue
+        rows.append(row)
+        try:
+            run_curves = read_curves(run_dir, row)
+        except SkippedRun as e:
+            _warn(f"collect: no curves for {row['run_dir']}: {e}")
+            continue
+        if run_curves is not None and len(run_curves):
+            curves.append(run_curves)
+    if not rows:
+        where = ", ".join(str(d) for d in sweep_dirs)
+        raise NoRunsFound(f"no run with a usable summary.json under {where}; check the sweep directory")
+    return results_frame(rows), curves_frame(curves)
+
+
+def results_frame(rows: list[dict]) -> pd.DataFrame:
+    df = pd.DataFrame(rows)
+    extra = [c for c in df.columns if c not in RESULT_COLUMNS]
+    return df.reindex(columns=RESULT_COLUMNS + extra)
+
+
+def curves_frame(curves: list[pd.DataFrame]) -> pd.DataFrame:
+    if not curves:
+        return pd.DataFrame(columns=CURVE_ID_COLUMNS + ["epoch"])
+    return pd.concat(curves, ignore_index=True)
+
+
+def write_results(results: pd.DataFrame, curves: pd.DataFrame, out_csv: str | os.PathLike) -> list[Path]:
+    """Writes results to out_csv and curves beside it (NAME_curves.csv); returns both paths."""
+    return [write_csv_atomically(results, out_csv),
+            write_csv_atomically(curves, curves_path_for(out_csv))]
+
+
+# ---------------------------------------------------------------- Weights & Biases
+
+# W&B run states that are not summary.json statuses.
+WANDB_STATES = {"crashed": "failed", "killed": "failed"}
+
+
+def _wandb_summary(run: Any) -> dict:
+    """A W&B run as a summary.json-shaped dict.
+
+    The trainer logs summary.json's fields into the W&B summary; older runs only have the
+    resolved config, from which the hyperparameters are read.
+    """
+    summary = dict(run.summary_metrics)
+    config = dict(run.config)
+    hparams = summary.get("hparams") or config.get("hparams") or {}
+    if not hparams:
+        opt = config.get("optimizer") or {}
+        model = config.get("model") or {}
+        data = config.get("data") or {}
+        hparams = {
+            "optimizer": opt.get("name"), "lr": opt.get("lr"), "weight_decay": opt.get("weight_decay"),
+            "depth": model.get("depth"), "batch_norm": model.get("batch_norm"),
+            "dataset": data.get("name"), "subset": data.get("subset"),
+            "epochs": (config.get("trainer") or {}).get("epochs"),
+            "batch_size": data.get("batch_size"), "schedule": (config.get("schedule") or {}).get("name"),
+            "seed": config.get("seed"), "loss_multiplier": config.get("loss_multiplier"),
+        }
+    final = summary.get("final") or {m: summary.get(f"final/{m}", summary.get(m)) for m in FINAL_METRICS}
+    return {
+        "status": summary.get("status") or WANDB_STATES.get(run.state, run.state),
+        "run_name": summary.get("run_name") or run.name,
+        "sweep_id": summary.get("sweep_id") or run.group,
+        "experiment": summary.get("experiment") or config.get("name"),
+        "hparams": hparams, "final": final, "best": summary.get("best") or {},
+        "epochs_completed": summary.get("epochs_completed"), "diverged_epoch": summary.get("diverged_epoch"),
+        "wall_time_s": summary.get("wall_time_s", summary.get("_runtime")),
+        "git_commit": summary.get("git_commit"), "error": summary.get("error"),
+    }
+
+
+def collect_wandb(project: str, sweep_ids: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(results, curves) of the W&B runs of project whose group is one of sweep_ids."""
+    try:
+        import wandb
+
+        runs = list(wandb.Api(timeout=30).runs(project, filters={"group": {"$in": sweep_ids}}))
+    except Exception as e:  # wandb raises its own error types for auth, network and lookup failures
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise NoRunsFound(f"cannot read W&B project {project} ({type(e).__name__}: {first_line}); "
+                          "check the network, `wandb login` and the project name") from None
+    rows, curves = [], []
+    for run in runs:
+        try:
+            row = row_from_summary(_wandb_summary(run), f"wandb:{project}/{run.id}")
+        except SkippedRun as e:
+            _warn(f"collect: skipping W&B run {run.id}: {e}")
+            continue
+        rows.append(row)
+        history = run.history(pandas=True)
+        if len(history) and "epoch" in history:
+            history = history.dropna(subset=["epoch"]).drop(columns=[c for c in history if c.startswith("_")])
+            history = history.rename(columns={c: f"epoch_{c}" for c in history if c in CURVE_ID_COLUMNS})
+            for c in reversed(CURVE_ID_COLUMNS):
+                history.insert(0, c, row.get(c))
+            curves.append(history.reset_index(drop=True))
+    if not rows:
+        raise NoRunsFound(f"no W&B run in {project} with group in {sweep_ids}")
+    return results_frame(rows), curves_frame(curves)
+
+
+# ---------------------------------------------------------------- command line
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dirs", nargs="+", metavar="SWEEP_DIR",
+                        help="sweep folders to search for run folders (with --wandb-project: sweep ids)")
+    parser.add_argument("-o", "--output", required=True, help="results CSV to write, e.g. results/NAME.csv")
+    parser.add_argument("--wandb-project", metavar="ENTITY/PROJECT",
+                        help="read the runs from W&B instead of the local folders")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.wandb_project:
+            results, curves = collect_wandb(args.wandb_project, [Path(d).name for d in args.sweep_dirs])
+        else:
+            results, curves = collect_runs(args.sweep_dirs)
+    except NoRunsFound as e:
+        _warn(f"collect: error: {e}")
+        return 1
+    for path in write_results(results, curves, args.output):
+        print(path)
+    counts = results["status"].value_counts().to_dict()
+    _warn(f"collect: {len(results)} runs ({', '.join(f'{n} {s}' for s, n in counts.items())})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,301 @@
+"""The numbers behind the figures: lr x weight-decay tables, best configurations, decoupling scores.
+
+No drawing here (that is scripts/figures.py), so every number a figure shows can be tested on its own.
+Input is the results DataFrame written by scripts/collect.py (one row per run).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+DISPLAY_NAMES = {
+    "adam": "Adam", "adaml2": "AdamL2", "adamw": "AdamW", "decoupled_adamw": "DecoupledAdamW",
+    "proxadam": "ProxAdam", "adamp": "AdamP", "sgd": "SGD", "sgdw": "SGDW",
+}
+# Optimizers whose weight decay is not multiplied by lr (lambda_paper = lr * lambda_torch).
+PAPER_CONVENTION = frozenset({"decoupled_adamw", "proxadam", "sgdw"})
+WD_CONVENTIONS = ("native", "torch", "paper")
+DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "synthetic": "synthetic data"}
+# Columns besides the optimizer that make two runs different methods when they vary in one CSV.
+SETTING_COLUMNS = ["batch_norm", "loss_multiplier", "depth", "dataset", "subset", "epochs",
+                   "batch_size", "schedule"]
+# Statuses of runs that ran to their end; "running" and "failed" runs are incomplete.
+COMPLETE_STATUSES = ("finished", "diverged")
+METRIC_CHOICES = ("test_acc", "train_acc", "test_loss", "train_loss", "model_norm", "best_test_acc")
+
+
+# ---------------------------------------------------------------- names and conventions
+
+def display_name(optimizer: str) -> str:
+    return DISPLAY_NAMES.get(optimizer, str(optimizer))
+
+
+def native_convention(optimizer: str) -> str:
+    """'paper' when the optimizer's weight decay is independent of lr, else 'torch'."""
+    return "paper" if optimizer in PAPER_CONVENTION else "torch"
+
+
+def convert_weight_decay(wd, lr, optimizer: str, to: str):
+    """Weight decay of `optimizer` (in its native convention) expressed in convention `to`.
+
+    lambda_paper = lr * lambda_torch; works elementwise on numpy arrays and pandas Series.
+    """
+    if to not in WD_CONVENTIONS:
+        raise ValueError(f"unknown weight-decay convention {to!r}; use one of {', '.join(WD_CONVENTIONS)}")
+    source = native_convention(optimizer)
+    if to in ("native", source):
+        return wd
+    return wd * lr if source == "torch" else wd / lr
+
+
+def format_hparam(value: float) -> str:
+    """Compact label for a grid value: 0.001 -> '1e-3', 5e-05 -> '5e-5', 0 -> '0', 10 -> '10'."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if value == 0 or 0.1 <= abs(value) < 1000:
+        return f"{value:g}"
+    exponent = math.floor(math.log10(abs(value)))
+    mantissa = round(value / 10**exponent, 3)
+    if mantissa == 10:
+        mantissa, exponent = 1, exponent + 1
+    return f"{mantissa:g}e{exponent}"
+
+
+def metric_column(df: pd.DataFrame, metric: str) -> str:
+    """The results column holding `metric` (final_<metric>, or the column itself, e.g. best_test_acc)."""
+    for column in (f"final_{metric}", metric):
+        if column in df.columns:
+            return column
+    raise ValueError(f"results have no column for metric {metric!r}; use one of {', '.join(METRIC_CHOICES)}")
+
+
+def higher_is_better(metric: str) -> bool:
+    return "loss" not in metric and "norm" not in metric
+
+
+def is_accuracy(metric: str) -> bool:
+    return "acc" in metric
+
+
+# ---------------------------------------------------------------- methods and titles
+
+def completed_runs(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["status"].isin(COMPLETE_STATUSES)]
+
+
+def varying_setting_columns(df: pd.DataFrame, exclude: tuple[str, ...] = ()) -> list[str]:
+    return [c for c in SETTING_COLUMNS
+            if c in df.columns and c not in exclude and df[c].nunique(dropna=False) > 1]
+
+
+def method_columns(df: pd.DataFrame, exclude: tuple[str, ...] = ()) -> list[str]:
+    """Columns that identify a method: the optimizer plus every setting that varies in df."""
+    return ["optimizer"] + varying_setting_columns(df, exclude)
+
+
+def _matches(series: pd.Series, value) -> pd.Series:
+    return series.isna() if pd.isna(value) else series == value
+
+
+def split_methods(df: pd.DataFrame, exclude: tuple[str, ...] = ()) -> list[tuple[dict, pd.DataFrame]]:
+    """[(method key, its runs)], optimizers in DISPLAY_NAMES order, then by the varying settings."""
+    columns = method_columns(df, exclude)
+    keys = df[columns].drop_duplicates().copy()
+    order = {name: i for i, name in enumerate(DISPLAY_NAMES)}
+    keys["_rank"] = keys["optimizer"].map(lambda o: order.get(o, len(order)))
+    keys = keys.sort_values(["_rank"] + columns[1:], na_position="last").drop(columns="_rank")
+    methods = []
+    for key in keys.to_dict("records"):
+        mask = np.logical_and.reduce([_matches(df[c], v) for c, v in key.items()])
+        methods.append((key, df[mask]))
+    return methods
+
+
+def setting_label(column: str, value) -> str:
+    if pd.isna(value):
+        return f"{column}=?"
+    if column == "batch_norm":
+        return "BN on" if as_bool(value) else "BN off"
+    if column == "loss_multiplier":
+        return f"c={value:g}"
+    if column == "depth":
+        return f"ResNet{int(value)}"
+    if column == "dataset":
+        return DATASET_NAMES.get(value, str(value))
+    if column == "subset":
+        return f"{_count(value)} subset" if value else "full data"
+    if column == "epochs":
+        return f"{int(value)} epochs"
+    if column == "schedule":
+        return f"{value} schedule"
+    return f"{column}={value}"
+
+
+def method_label(key: dict) -> str:
+    """'AdamW' or, when settings vary, 'AdamW, BN on, c=10'."""
+    parts = [display_name(key["optimizer"])]
+    parts += [setting_label(c, v) for c, v in key.items() if c != "optimizer"]
+    return ", ".join(parts)
+
+
+def setting_title(df: pd.DataFrame) -> str:
+    """What the runs share, e.g. 'ResNet20, BN off, CIFAR-10 (5k subset), 10 epochs'."""
+    def single(column):
+        if column not in df.columns or df[column].nunique(dropna=False) != 1:
+            return None
+        value = df[column].iloc[0]
+        return None if pd.isna(value) else value
+
+    parts = []
+    if (depth := single("depth")) is not None:
+        parts.append(f"ResNet{int(depth)}")
+    if (bn := single("batch_norm")) is not None:
+        parts.append(setting_label("batch_norm", bn))
+    if (dataset := single("dataset")) is not None:
+        name = DATASET_NAMES.get(dataset, str(dataset))
+        subset = single("subset")
+        parts.append(f"{name} ({_count(subset)} subset)" if subset else name)
+    if (epochs := single("epochs")) is not None:
+        parts.append(f"{int(epochs)} epochs")
+    if (schedule := single("schedule")) is not None and schedule != "constant":
+        parts.append(f"{schedule} schedule")
+    if (c := single("loss_multiplier")) is not None and c != 1:
+        parts.append(f"loss x{c:g}")
+    return ", ".join(parts)
+
+
+def _count(n) -> str:
+    n = int(n)
+    return f"{n / 1000:g}k" if n >= 1000 else str(n)
+
+
+def as_bool(value) -> bool:
+    return value.strip().lower() in ("true", "1", "yes") if isinstance(value, str) else bool(value)
+
+
+# ---------------------------------------------------------------- lr x wd tables
+
+@dataclass
+class HeatmapTable:
+    """One method's grid: rows = lr (ascending), columns = weight decay (ascending, native convention).
+
+    mean and std are over the seeds that did not diverge; n_runs counts completed runs
+    (finished or diverged), n_diverged the diverged ones.
+    """
+
+    mean: pd.DataFrame
+    std: pd.DataFrame
+    n_runs: pd.DataFrame
+    n_diverged: pd.DataFrame
+
+    @property
+    def lrs(self) -> list[float]:
+        return list(self.mean.index)
+
+    @property
+    def wds(self) -> list[float]:
+        return list(self.mean.columns)
+
+    @property
+    def missing(self) -> pd.DataFrame:
+        return self.n_runs == 0
+
+    @property
+    def all_diverged(self) -> pd.DataFrame:
+        return (self.n_runs > 0) & (self.n_diverged == self.n_runs)
+
+    @property
+    def some_diverged(self) -> pd.DataFrame:
+        return (self.n_diverged > 0) & (self.n_diverged < self.n_runs)
+
+    @property
+    def selectable(self) -> pd.DataFrame:
+        """mean where no seed diverged, NaN elsewhere: a cell that diverges is never 'best'."""
+        return self.mean.where((self.n_runs > 0) & (self.n_diverged == 0))
+
+
+def heatmap_table(runs: pd.DataFrame, column: str) -> HeatmapTable:
+    """lr x wd table of `column` over the completed runs of one method (mean/std over seeds)."""
+    runs = completed_runs(runs)
+    if runs.empty:
+        raise ValueError("no completed (finished or diverged) run to tabulate")
+    lrs = sorted(runs["lr"].unique())
+    wds = sorted(runs["weight_decay"].unique())
+    diverged = runs["status"] == "diverged"
+    cells = ["lr", "weight_decay"]
+    kept = runs[~diverged].groupby(cells)[column]
+
+    def grid(series: pd.Series) -> pd.DataFrame:
+        frame = series.unstack() if len(series) else pd.DataFrame()
+        out = frame.reindex(index=lrs, columns=wds).astype(float)
+        out.index.name, out.columns.name = "lr", "weight_decay"
+        return out
+
+    return HeatmapTable(
+        mean=grid(kept.mean()),
+        std=grid(kept.std()),
+        n_runs=grid(runs.groupby(cells).size()).fillna(0).astype(int),
+        n_diverged=grid(runs[diverged].groupby(cells).size()).fillna(0).astype(int),
+    )
+
+
+def best_config(table: HeatmapTable, higher_is_better: bool = True) -> tuple[float, float] | None:
+    """(lr, wd) of the best cell among cells where no seed diverged; None when there is none."""
+    stacked = table.selectable.stack().dropna()
+    if stacked.empty:
+        return None
+    lr, wd = stacked.idxmax() if higher_is_better else stacked.idxmin()
+    return float(lr), float(wd)
+
+
+# ---------------------------------------------------------------- decoupling
+
+@dataclass
+class Decoupling:
+    """How much the best lr depends on weight decay (Loshchilov & Hutter's 'rectangular region').
+
+    best_lr_per_wd: for every wd column with a usable cell, the lr of its best cell.
+    lr_shift_std: population std of log10(best lr) across those columns (0 = the best lr never
+        moves = fully decoupled; one decade of drift per column gives about 1). Lower is better.
+    lr_shift_range: max - min of log10(best lr), in decades.
+    region_fill: cells within `tolerance` of the grid's best value, divided by the cells of their
+        bounding box in the grid; 1 = the good region is a rectangle, small = a diagonal band.
+    """
+
+    best_lr_per_wd: pd.Series
+    lr_shift_std: float
+    lr_shift_range: float
+    region_fill: float
+
+
+def decoupling(table: HeatmapTable, higher_is_better: bool = True, tolerance: float = 0.02) -> Decoupling:
+    """Decoupling scores of one method's table; cells where a seed diverged do not count.
+
+    tolerance is in the metric's units (0.02 = 2 accuracy points for accuracies).
+    """
+    values = table.selectable
+    usable = values.dropna(axis=1, how="all")
+    best_lr = usable.idxmax(axis=0) if higher_is_better else usable.idxmin(axis=0)
+    best_lr = best_lr.astype(float)
+    log_lr = np.log10(best_lr.to_numpy())
+    if len(log_lr) >= 2:
+        std, spread = float(np.std(log_lr)), float(np.ptp(log_lr))
+    else:
+        std = spread = math.nan
+    return Decoupling(best_lr, std, spread, _region_fill(values, higher_is_better, tolerance))
+
+
+def _region_fill(values: pd.DataFrame, higher_is_better: bool, tolerance: float) -> float:
+    grid = values.to_numpy(dtype=float)
+    if not np.isfinite(grid).any():
+        return math.nan
+    if higher_is_better:
+        region = grid >= np.nanmax(grid) - tolerance
+    else:
+        region = grid <= np.nanmin(grid) + tolerance
+    rows, cols = np.nonzero(region)
+    box = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+    return float(region.sum() / box)

@@ -1,0 +1,418 @@
+"""Heatmaps, best-configuration curves, the scale-free plot and decoupling scores of a results CSV.
+
+    python scripts/figures.py results/NAME.csv -o results/figures/NAME/ \
+        [--wd-convention native|torch|paper] [--metric test_acc]
+
+Reads results/NAME.csv and results/NAME_curves.csv from scripts/collect.py. Writes every figure as
+PNG and PDF plus decoupling.csv, and prints the paths written. From a notebook:
+
+    sys.path.insert(0, "<repo>/scripts"); import figures
+    df = figures.load_results(path); fig = figures.plot_heatmaps(df, "test_acc")
+
+Figures are matplotlib.figure.Figure objects built without pyplot, so they never touch the
+notebook's backend or pile up in pyplot's figure list.
+
+Weight-decay axis: every panel's columns are the weight decays as swept, in the optimizer's own
+(native) convention. --wd-convention torch|paper does not move cells (the converted grid is not
+rectangular, since lambda_paper = lr * lambda_torch depends on the row); it adds the converted
+value as the last line of every cell of the optimizers whose native convention differs.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
+
+_SCRIPTS_DIR = str(Path(__file__).resolve().parent)
+if _SCRIPTS_DIR not in sys.path:  # so that `figures` imports its siblings however it was loaded
+    sys.path.insert(0, _SCRIPTS_DIR)
+import figure_lib as lib  # noqa: E402  (sibling module; scripts/ is not a package)
+from collect import curves_path_for, write_csv_atomically  # noqa: E402
+
+CMAP = "viridis"
+MISSING_COLOR = "#ececec"
+DIVERGED_COLOR = "#9a9a9a"
+CURVE_METRICS = (("test_acc", "test accuracy (%)"), ("train_loss", "train loss"))
+
+
+# ---------------------------------------------------------------- inputs
+
+def load_results(path: str | os.PathLike) -> pd.DataFrame:
+    """The results CSV of scripts/collect.py, checked for the columns the figures need."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"results CSV {path} not found; run scripts/collect.py first")
+    df = pd.read_csv(path)
+    missing = [c for c in ("optimizer", "lr", "weight_decay", "status") if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path} lacks columns {', '.join(missing)}; is it a results CSV from scripts/collect.py?")
+    if "batch_norm" in df.columns and df["batch_norm"].dtype == object:
+        df["batch_norm"] = df["batch_norm"].map(lambda v: v if pd.isna(v) else lib.as_bool(v))
+    return df
+
+
+def load_curves(results_csv: str | os.PathLike) -> pd.DataFrame | None:
+    """NAME_curves.csv beside results_csv, or None when it is absent."""
+    path = curves_path_for(results_csv)
+    return pd.read_csv(path) if path.is_file() else None
+
+
+# ---------------------------------------------------------------- heatmaps
+
+def _scale(column: str) -> float:
+    return 100.0 if lib.is_accuracy(column) else 1.0
+
+
+def _format_value(value: float, column: str) -> str:
+    if lib.is_accuracy(column) or "norm" in column:
+        return f"{value:.1f}"
+    return f"{value:.3g}"
+
+
+def _metric_title(column: str) -> str:
+    name = column.removeprefix("final_").replace("_", " ")
+    name = name.replace("acc", "accuracy")
+    prefix = "" if column.startswith("best_") else "final "
+    return f"{prefix}{name}" + (" (%)" if lib.is_accuracy(column) else "")
+
+
+def cell_text(table: lib.HeatmapTable, i: int, j: int, column: str,
+              converted_wd: float | None = None) -> str:
+    """What cell (lr row i, wd column j) says: 'div', '—', or 'mean\\n±std[\\nk/n div][\\nλ=..]'."""
+    n, n_div = int(table.n_runs.iat[i, j]), int(table.n_diverged.iat[i, j])
+    if n == 0:
+        return "—"
+    if n_div == n:
+        lines = ["div" if n == 1 else f"{n}/{n} div"]
+    else:
+        scale = _scale(column)
+        mean = table.mean.iat[i, j]
+        lines = ["n/a" if math.isnan(mean) else _format_value(mean * scale, column)]
+        if n - n_div > 1 and not math.isnan(table.std.iat[i, j]):
+            lines.append(f"±{_format_value(table.std.iat[i, j] * scale, column)}")
+        if n_div:
+            lines.append(f"{n_div}/{n} div")
+    if converted_wd is not None:
+        lines.append(f"λ={lib.format_hparam(converted_wd)}")
+    return "\n".join(lines)
+
+
+def _text_color(rgba) -> str:
+    r, g, b = rgba[:3]
+    return "white" if 0.299 * r + 0.587 * g + 0.114 * b < 0.5 else "black"
+
+
+def _draw_panel(ax, table: lib.HeatmapTable, key: dict, column: str, norm: Normalize, cmap,
+                wd_convention: str):
+    data = table.mean.to_numpy(dtype=float) * _scale(column)
+    shown = np.ma.masked_invalid(np.where(table.all_diverged.to_numpy(), np.nan, data))
+    image = ax.imshow(shown, cmap=cmap, norm=norm, aspect="auto")
+    native = lib.native_convention(key["optimizer"])
+    convert = wd_convention not in ("native", native)
+    for i, lr in enumerate(table.lrs):
+        for j, wd in enumerate(table.wds):
+            converted = lib.convert_weight_decay(wd, lr, key["optimizer"], wd_convention) if convert else None
+            text = cell_text(table, i, j, column, converted)
+            if table.all_diverged.iat[i, j]:
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor=DIVERGED_COLOR,
+                                       hatch="///", edgecolor="#555555", linewidth=0))
+                color = "black"
+            elif np.ma.is_masked(shown[i, j]):
+                color = "#555555"
+            else:
+                color = _text_color(cmap(norm(data[i, j])))
+            ax.text(j, i, text, ha="center", va="center", fontsize=7, color=color)
+    ax.set_xticks(range(len(table.wds)), [lib.format_hparam(w) for w in table.wds])
+    ax.set_yticks(range(len(table.lrs)), [lib.format_hparam(lr) for lr in table.lrs])
+    ax.set_xlabel(f"weight decay ({native} convention)")
+    ax.set_ylabel("learning rate")
+    ax.set_title(lib.method_label(key), fontsize=10)
+    return image
+
+
+def _setting_key(key: dict) -> tuple[str, ...]:
+    return tuple(lib.setting_label(c, v) for c, v in key.items() if c != "optimizer")
+
+
+def heatmap_caption(df: pd.DataFrame, column: str, wd_convention: str,
+                    scores: pd.DataFrame | None = None) -> str:
+    """The text under a heatmap figure: how to read it, and the decoupling scores."""
+    seeds = completed_seed_count(df)
+    lines = [f"Mean over {seeds}; ± = std over seeds that did not diverge. "
+             "Hatched grey 'div' = every seed diverged; 'k/n div' = k of n seeds diverged; '—' = no run."]
+    if wd_convention != "native":
+        lines.append(f"Columns: weight decay as swept, in each optimizer's own convention; λ in a cell = "
+                     f"the same decay in the {wd_convention} convention (λ_paper = lr·λ_torch).")
+    incomplete = int((~df["status"].isin(lib.COMPLETE_STATUSES)).sum())
+    if incomplete:
+        lines.append(f"{incomplete} running or failed run(s) left out.")
+    if scores is not None and len(scores):
+        parts = [f"{r.method}: {r.lr_shift_std:.2f}" + ("" if math.isnan(r.region_fill) else f" (fill {r.region_fill:.2f})")
+                 for r in scores.itertuples()]
+        lines.append("Decoupling = std of log10(best lr) across wd columns, lower = more decoupled "
+                     "(fill = share of the good region's bounding box it covers, 1 = rectangle): " + "; ".join(parts))
+    return "\n".join(lines)
+
+
+def completed_seed_count(df: pd.DataFrame) -> str:
+    done = lib.completed_runs(df)
+    if "seed" not in done.columns or done.empty:
+        return "seeds"
+    per_cell = done.groupby(lib.method_columns(done) + ["lr", "weight_decay"], dropna=False)["seed"].nunique()
+    lo, hi = int(per_cell.min()), int(per_cell.max())
+    count = f"{lo}" if lo == hi else f"{lo}-{hi}"
+    return f"{count} seed" + ("" if count == "1" else "s")
+
+
+def plot_heatmaps(df: pd.DataFrame, metric: str = "test_acc", *, wd_convention: str = "native",
+                  scores: pd.DataFrame | None = None) -> Figure:
+    """One lr x wd panel per method, shared colour scale, annotated cells; see heatmap_caption."""
+    if wd_convention not in lib.WD_CONVENTIONS:
+        raise ValueError(f"unknown weight-decay convention {wd_convention!r}; use one of {', '.join(lib.WD_CONVENTIONS)}")
+    column = lib.metric_column(df, metric)
+    done = lib.completed_runs(df)
+    if done.empty:
+        raise ValueError("no finished or diverged run in the results; nothing to draw")
+    methods = [(key, lib.heatmap_table(runs, column)) for key, runs in lib.split_methods(done)]
+    finite = np.concatenate([t.mean.to_numpy(dtype=float).ravel() for _, t in methods]) * _scale(column)
+    finite = finite[np.isfinite(finite)]
+    norm = Normalize(*(finite.min(), finite.max()) if finite.size else (0, 1))
+    cmap = matplotlib.colormaps[CMAP].copy()
+    cmap.set_bad(MISSING_COLOR)
+
+    caption = heatmap_caption(df, column, wd_convention, scores)
+    n_lines = caption.count("\n") + 1
+    # One column per optimizer, one row per combination of the other varying settings (e.g. BN on/off).
+    columns = list(dict.fromkeys(key["optimizer"] for key, _ in methods))
+    rows = list(dict.fromkeys(_setting_key(key) for key, _ in methods))
+    height = 3.2 * len(rows) + 0.2 + 0.18 * n_lines
+    fig = Figure(figsize=(3.9 * len(columns) + 1.2, height), layout="constrained")
+    fig.get_layout_engine().set(rect=(0, 0.18 * n_lines / height, 1, 1 - 0.18 * n_lines / height))
+    axes = fig.subplots(len(rows), len(columns), squeeze=False)
+    used = set()
+    image = None
+    for key, table in methods:
+        position = (rows.index(_setting_key(key)), columns.index(key["optimizer"]))
+        used.add(position)
+        image = _draw_panel(axes[position], table, key, column, norm, cmap, wd_convention)
+    for position, ax in np.ndenumerate(axes):
+        if position not in used:
+            ax.set_axis_off()
+    fig.colorbar(image, ax=axes.ravel().tolist(), label=_metric_title(column), shrink=0.9)
+    title = lib.setting_title(df)
+    fig.suptitle(f"{_metric_title(column).capitalize()}" + (f" — {title}" if title else ""))
+    fig.text(0.01, 0.01, caption, ha="left", va="bottom", fontsize=7, wrap=True)
+    return fig
+
+
+# ---------------------------------------------------------------- decoupling scores
+
+def decoupling_table(df: pd.DataFrame, metric: str = "test_acc", tolerance: float = 0.02) -> pd.DataFrame:
+    """One row per method: its decoupling scores (see figure_lib.Decoupling) on the swept grid."""
+    column = lib.metric_column(df, metric)
+    done = lib.completed_runs(df)
+    rows = []
+    for key, runs in lib.split_methods(done):
+        score = lib.decoupling(lib.heatmap_table(runs, column), lib.higher_is_better(metric), tolerance)
+        rows.append({
+            "method": lib.method_label(key), **key,
+            "wd_convention": lib.native_convention(key["optimizer"]),
+            "n_wd_columns": len(score.best_lr_per_wd),
+            "best_lr_per_wd": " ".join(f"{lib.format_hparam(wd)}:{lib.format_hparam(lr)}"
+                                       for wd, lr in score.best_lr_per_wd.items()),
+            "lr_shift_std": score.lr_shift_std,
+            "lr_shift_range": score.lr_shift_range,
+            "region_fill": score.region_fill,
+        })
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- curves of the best configurations
+
+def best_configs(df: pd.DataFrame, metric: str = "test_acc") -> list[tuple[dict, float, float, pd.DataFrame]]:
+    """[(method key, lr, wd, its finished runs)] of each method's best cell (mean over seeds)."""
+    column = lib.metric_column(df, metric)
+    out = []
+    for key, runs in lib.split_methods(lib.completed_runs(df)):
+        best = lib.best_config(lib.heatmap_table(runs, column), lib.higher_is_better(metric))
+        if best is None:
+            continue
+        lr, wd = best
+        out.append((key, lr, wd, runs[(runs["lr"] == lr) & (runs["weight_decay"] == wd)]))
+    return out
+
+
+def plot_best_curves(df: pd.DataFrame, curves: pd.DataFrame, metric: str = "test_acc") -> Figure | None:
+    """Test accuracy and train loss per epoch of each method's best configuration (mean ± std)."""
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    axes = fig.subplots(1, len(CURVE_METRICS))
+    drawn = 0
+    for key, lr, wd, runs in best_configs(df, metric):
+        rows = curves[curves["run_dir"].isin(runs["run_dir"])]
+        if rows.empty:
+            continue
+        label = f"{lib.method_label(key)} (lr {lib.format_hparam(lr)}, wd {lib.format_hparam(wd)})"
+        for ax, (name, _) in zip(axes, CURVE_METRICS):
+            if name not in rows.columns:
+                continue
+            stats = rows.groupby("epoch")[name].agg(["mean", "std"]).sort_index()
+            scale = _scale(name)
+            mean, std = stats["mean"] * scale, stats["std"].fillna(0) * scale
+            (line,) = ax.plot(stats.index, mean, label=label)
+            ax.fill_between(stats.index, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+        drawn += 1
+    if not drawn:
+        return None
+    for ax, (name, ylabel) in zip(axes, CURVE_METRICS):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if name.endswith("loss"):
+            ax.set_yscale("log")
+    axes[0].legend(fontsize=8)
+    title = lib.setting_title(df)
+    fig.suptitle(f"Best configuration of each method (by {_metric_title(lib.metric_column(df, metric))}, "
+                 f"mean ± std over seeds)" + (f" — {title}" if title else ""), fontsize=10)
+    return fig
+
+
+# ---------------------------------------------------------------- scale-freeness
+
+def scale_free_table(df: pd.DataFrame, metric: str = "test_acc") -> pd.DataFrame:
+    """Per method and loss multiplier c: mean/std over seeds of `metric` at the method's best
+    (lr, wd) at the reference c (1 when swept, else the smallest c). Empty unless c varies."""
+    column = lib.metric_column(df, metric)
+    done = lib.completed_runs(df)
+    if "loss_multiplier" not in done.columns or done["loss_multiplier"].nunique() < 2:
+        return pd.DataFrame()
+    rows = []
+    for key, runs in lib.split_methods(done, exclude=("loss_multiplier",)):
+        cs = sorted(runs["loss_multiplier"].dropna().unique())
+        reference = 1.0 if 1.0 in cs else cs[0]
+        best = lib.best_config(lib.heatmap_table(runs[runs["loss_multiplier"] == reference], column),
+                               lib.higher_is_better(metric))
+        if best is None:
+            continue
+        lr, wd = best
+        at_best = runs[(runs["lr"] == lr) & (runs["weight_decay"] == wd)]
+        for c in cs:
+            seeds = at_best[at_best["loss_multiplier"] == c]
+            ok = seeds.loc[seeds["status"] == "finished", column]
+            rows.append({"method": lib.method_label(key), **key, "lr": lr, "weight_decay": wd,
+                         "loss_multiplier": c, "mean": ok.mean(), "std": ok.std(),
+                         "n_runs": len(seeds), "n_diverged": int((seeds["status"] == "diverged").sum())})
+    return pd.DataFrame(rows)
+
+
+def plot_scale_free(df: pd.DataFrame, metric: str = "test_acc") -> Figure | None:
+    """Final metric vs loss multiplier c (log x), one line per method; None unless c varies."""
+    table = scale_free_table(df, metric)
+    if table.empty:
+        return None
+    column = lib.metric_column(df, metric)
+    scale = _scale(column)
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.subplots()
+    for method, rows in table.groupby("method", sort=False):
+        r0 = rows.iloc[0]
+        ax.errorbar(rows["loss_multiplier"], rows["mean"] * scale, yerr=rows["std"].fillna(0) * scale,
+                    marker="o", capsize=3,
+                    label=f"{method} (lr {lib.format_hparam(r0.lr)}, wd {lib.format_hparam(r0.weight_decay)})")
+    ax.set_xscale("log")
+    ax.set_xlabel("loss multiplier c")
+    ax.set_ylabel(_metric_title(column))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    title = lib.setting_title(df.drop(columns="loss_multiplier"))
+    fig.suptitle("Scale-freeness: same hyperparameters, loss x c (flat = scale-free)"
+                 + (f"\n{title}" if title else ""), fontsize=10)
+    return fig
+
+
+# ---------------------------------------------------------------- output
+
+def save_figure(fig: Figure, out_dir: str | os.PathLike, stem: str) -> list[Path]:
+    """Saves fig as out_dir/stem.png and .pdf, each through a temp file in out_dir."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fmt in ("png", "pdf"):
+        path = out_dir / f"{stem}.{fmt}"
+        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            fig.savefig(tmp, format=fmt, dpi=150)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        written.append(path)
+    return written
+
+
+def make_figures(results_csv: str | os.PathLike, out_dir: str | os.PathLike, *,
+                 wd_convention: str = "native", metric: str = "test_acc") -> list[Path]:
+    """Every figure of a results CSV plus decoupling.csv in out_dir; returns the paths written."""
+    df = load_results(results_csv)
+    lib.metric_column(df, metric)
+    if lib.completed_runs(df).empty:
+        raise ValueError(f"{results_csv} has no finished or diverged run; nothing to draw yet")
+    scores = decoupling_table(df, metric)
+    written = save_figure(plot_heatmaps(df, metric, wd_convention=wd_convention, scores=scores),
+                          out_dir, f"heatmap_{metric}")
+    if "final_model_norm" in df.columns and df["final_model_norm"].notna().any():
+        written += save_figure(plot_heatmaps(df, "model_norm", wd_convention=wd_convention), out_dir,
+                               "heatmap_model_norm")
+    curves = load_curves(results_csv)
+    if curves is None:
+        print(f"figures: no {curves_path_for(results_csv)}; skipping the training curves", file=sys.stderr)
+    elif (fig := plot_best_curves(df, curves, metric)) is not None:
+        written += save_figure(fig, out_dir, "curves_best")
+    if (fig := plot_scale_free(df, metric)) is not None:
+        written += save_figure(fig, out_dir, "scale_free")
+    written.append(write_csv_atomically(scores, Path(out_dir) / "decoupling.csv"))
+    print(f"Decoupling of {metric} (lr_shift_std = std of log10 best lr across wd; lower = more decoupled):")
+    print(scores[["method", "wd_convention", "lr_shift_std", "lr_shift_range", "region_fill",
+                  "best_lr_per_wd"]].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return written
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results_csv", help="results CSV written by scripts/collect.py")
+    parser.add_argument("-o", "--output", required=True, help="folder for the figures")
+    parser.add_argument("--wd-convention", choices=lib.WD_CONVENTIONS, default="native",
+                        help="also show weight decay in this convention (native = as swept)")
+    parser.add_argument("--metric", choices=lib.METRIC_CHOICES, default="test_acc",
+                        help="metric of the main heatmap, best configurations and decoupling")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    matplotlib.use("Agg")
+    try:
+        written = make_figures(args.results_csv, args.output, wd_convention=args.wd_convention,
+                               metric=args.metric)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"figures: error: {e}", file=sys.stderr)
+        return 1
+    for path in written:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

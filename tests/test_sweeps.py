@@ -1,0 +1,122 @@
+"""Real multiruns through the command line on tiny synthetic settings, then collect and figures."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from cli import REPO, cli_env, run_cli
+
+TINY = ["data=synthetic", "data.train_size=128", "data.test_size=64", "trainer.batch_size=64", "trainer.epochs=1",
+        "logger=none"]
+EXPERIMENTS = sorted(p.stem for p in (REPO / "configs" / "experiment").glob("*.yaml"))
+LAUNCHERS = sorted(p.stem for p in (REPO / "configs" / "launcher").glob("*.yaml"))
+
+
+def summaries(sweep_dir: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in sweep_dir.glob("*/summary.json")}
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_every_experiment_composes_with_every_launcher(experiment, launcher):
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={experiment}", f"launcher={launcher}"],
+                      return_hydra_config=True)
+    assert cfg.name == experiment
+    assert cfg.hydra.sweeper.params, "an experiment must define its grid"
+    for key in cfg.hydra.sweeper.params:
+        assert key in ("optimizer", "seed", "loss_multiplier") or "." in key
+
+
+def test_smoke_sweep_end_to_end_then_collect_and_figures(tmp_path):
+    sweep = tmp_path / "sweep"
+    run_cli(["-m", "experiment=smoke", *TINY, f"hydra.sweep.dir={sweep}"])
+    runs = summaries(sweep)
+    assert len(runs) == 8  # adamw, adamp x lr {1e-3, 1e-2} x wd {1e-4, 1e-2}
+    assert {s["status"] for s in runs.values()} == {"finished"}
+    assert len({s["sweep_id"] for s in runs.values()}) == 1
+    assert all(name.startswith("optimizer=") and "optimizer.lr=" in name for name in runs)
+
+    out_csv = tmp_path / "results" / "smoke.csv"
+    run_cli(["scripts/collect.py", str(sweep), "-o", str(out_csv)], module="")
+    with open(out_csv) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 8
+    assert {r["optimizer"] for r in rows} == {"adamw", "adamp"}
+    assert {float(r["lr"]) for r in rows} == {1e-3, 1e-2}
+    assert {float(r["weight_decay"]) for r in rows} == {1e-4, 1e-2}
+
+    fig_dir = tmp_path / "figures"
+    run_cli(["scripts/figures.py", str(out_csv), "-o", str(fig_dir)], module="")
+    pngs = sorted(p.name for p in fig_dir.glob("*.png"))
+    assert pngs and all((fig_dir / p).with_suffix(".pdf").exists() for p in pngs)
+    assert any("heatmap" in p and "test_acc" in p for p in pngs), pngs
+    assert any("heatmap" in p and "model_norm" in p for p in pngs), pngs
+    assert all((fig_dir / p).stat().st_size > 5000 for p in pngs)
+
+
+def test_relaunching_a_sweep_skips_finished_runs(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", *TINY, "optimizer=adamw", "optimizer.lr=1e-3,1e-2", f"hydra.sweep.dir={sweep}"]
+    run_cli(args)
+    before = {p: p.read_bytes() for p in sweep.glob("*/metrics.csv")}
+    assert len(before) == 2
+    proc = run_cli(args)
+    assert (proc.stdout + proc.stderr).count("already finished") == 2
+    assert before == {p: p.read_bytes() for p in sweep.glob("*/metrics.csv")}
+
+
+def test_a_failing_run_does_not_stop_the_sweep(tmp_path):
+    sweep = tmp_path / "sweep"
+    # Adam takes no weight decay, so its point fails its config check; the others must still run.
+    proc = run_cli(["-m", *TINY, "optimizer=adamw,adam,adamp", "optimizer.weight_decay=1e-4",
+                    f"hydra.sweep.dir={sweep}"])
+    assert proc.returncode == 0
+    status = {name.split(",")[0]: s["status"] for name, s in summaries(sweep).items()}
+    assert status == {"optimizer=adamw": "finished", "optimizer=adam": "failed", "optimizer=adamp": "finished"}
+    failed = next(s for n, s in summaries(sweep).items() if n.startswith("optimizer=adam,"))
+    assert "weight decay" in failed["error"]
+
+
+def test_submitit_local_sweep_really_runs(tmp_path):
+    sweep = tmp_path / "sweep"
+    run_cli(["-m", *TINY, "launcher=submitit_local", "optimizer=adamw,adamp", f"hydra.sweep.dir={sweep}"],
+            timeout=900)
+    runs = summaries(sweep)
+    assert {s["status"] for s in runs.values()} == {"finished"} and len(runs) == 2
+    assert list((sweep / ".submitit").glob("*/*_submission.sh")) or list((sweep / ".submitit").glob("*/*.pkl"))
+
+
+def test_slurm_launcher_renders_the_sbatch_script(tmp_path):
+    """The real submitit SLURM path up to sbatch; a stand-in sbatch keeps the script it was given."""
+    bin_dir, kept = tmp_path / "bin", tmp_path / "kept.sh"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\nfor a; do last="$a"; done\ncp "$last" {kept}\n'
+                                    'echo "Submitted batch job 4242"\n')
+    (bin_dir / "sbatch").chmod(0o755)
+    env = cli_env(tmp_path, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    cmd = [sys.executable, "-m", "experiments.train", "-m", *TINY, "launcher=slurm",
+           "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=90", "optimizer.lr=1e-3,1e-2",
+           f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not kept.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)  # the driver would now wait for the cluster
+    output = proc.communicate()[0]
+    assert kept.exists(), output[-3000:]
+    script = kept.read_text()
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --time=90", "#SBATCH --gpus-per-node=1",
+                 "#SBATCH --cpus-per-task=8", "#SBATCH --mem=32GB", "#SBATCH --array=0-1%32"):
+        assert line in script, f"{line!r} missing from:\n{script}"
+    assert "--signal=USR2@" in script  # submitit's requeue on preemption and timeout

@@ -1,0 +1,166 @@
+"""The single-run trainer through its real command line."""
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cli import REPO, cli_env, run_cli
+
+TINY = ["data=synthetic", "data.train_size=256", "data.test_size=128", "trainer.batch_size=64", "logger=none"]
+METRICS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "model_norm", "grad_norm", "lr",
+           "epoch_time_s", "images_per_s"]
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def test_outputs_exist_and_are_complete(tmp_path):
+    run_dir = tmp_path / "run"
+    run_cli([*TINY, "trainer.epochs=2", "optimizer=adamp", "optimizer.lr=1e-3", "optimizer.weight_decay=1e-4",
+             "model.batch_norm=false", f"hydra.run.dir={run_dir}"])
+    rows = read_metrics(run_dir)
+    assert list(rows[0].keys())[: len(METRICS)] == METRICS
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    s = summary(run_dir)
+    assert s["status"] == "finished"
+    assert s["epochs_completed"] == 2
+    assert s["config"]["optimizer"]["name"] == "adamp" and s["config"]["model"]["batch_norm"] is False
+    assert s["hparams"]["weight_decay"] == pytest.approx(1e-4)
+    for key in ("test_acc", "test_loss", "train_acc", "train_loss", "model_norm"):
+        assert s["final"][key] == pytest.approx(float(rows[-1][key]))
+    assert 0 <= s["final"]["test_acc"] <= 1 and 0 <= s["best"]["test_acc"] <= 1
+    assert s["best"]["epoch"] in (1, 2)
+    assert s["versions"]["torch"] and s["wall_time_s"] > 0 and "git_commit" in s
+    assert (run_dir / "config.yaml").exists() and (run_dir / "checkpoint.pt").exists()
+    assert not list(run_dir.glob(".*.tmp")), "a temporary file was left behind"
+
+
+def test_real_cifar10_one_epoch_with_bn_beats_chance(tmp_path, cifar10_root, data_cache_dir):
+    run_dir = tmp_path / "run"
+    run_cli(["data=cifar10", f"data.root={cifar10_root}", f"data.cache_dir={data_cache_dir}", "data.subset=2000",
+             "data.test_subset=1000", "trainer.epochs=1", "model.batch_norm=true", "optimizer=adamw",
+             "optimizer.lr=2e-3", "logger=none", f"hydra.run.dir={run_dir}"])
+    s = summary(run_dir)
+    assert s["status"] == "finished"
+    assert s["final"]["test_acc"] > 0.2, s["final"]  # chance is 0.1
+
+
+def test_loss_multiplier_reports_the_plain_loss(tmp_path):
+    run_dir = tmp_path / "run"
+    run_cli([*TINY, "trainer.epochs=1", "loss_multiplier=100", f"hydra.run.dir={run_dir}"])
+    # ln(10) = 2.3 is the loss of a uniform guess; the multiplied loss would be about 230.
+    assert summary(run_dir)["final"]["train_loss"] < 5
+
+
+def _kill_after_first_epoch(args: list[str], run_dir: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.train", *args], cwd=REPO, env=cli_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (run_dir / "checkpoint.pt").exists():
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be interrupted"
+
+
+def test_killed_run_resumes_to_exactly_the_uninterrupted_result(tmp_path):
+    args = [*TINY, "trainer.epochs=4", "schedule=cosine", "optimizer=adamw", "optimizer.lr=3e-3"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_cli([*args, f"hydra.run.dir={straight}"])
+    _kill_after_first_epoch([*args, f"hydra.run.dir={resumed}"], resumed)
+    assert summary(resumed)["status"] == "running"
+    run_cli([*args, f"hydra.run.dir={resumed}"])
+    a, b = read_metrics(straight), read_metrics(resumed)
+    timing = {"epoch_time_s", "images_per_s"}
+    assert [{k: v for k, v in r.items() if k not in timing} for r in a] == \
+        [{k: v for k, v in r.items() if k not in timing} for r in b]
+    assert summary(resumed)["final"] == summary(straight)["final"]
+
+
+def test_finished_run_is_skipped_when_launched_again(tmp_path):
+    run_dir = tmp_path / "run"
+    run_cli([*TINY, "trainer.epochs=1", f"hydra.run.dir={run_dir}"])
+    before = (run_dir / "metrics.csv").read_bytes(), (run_dir / "summary.json").read_bytes()
+    proc = run_cli([*TINY, "trainer.epochs=1", f"hydra.run.dir={run_dir}"])
+    assert "already finished" in proc.stdout + proc.stderr
+    assert before == ((run_dir / "metrics.csv").read_bytes(), (run_dir / "summary.json").read_bytes())
+
+
+def test_divergence_is_recorded_and_exits_zero(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli([*TINY, "trainer.epochs=3", "optimizer=sgd", "optimizer.lr=1e4", f"hydra.run.dir={run_dir}"])
+    assert proc.returncode == 0
+    s = summary(run_dir)
+    assert s["status"] == "diverged" and s["diverged_epoch"] == 1 and s["epochs_completed"] == 1
+    assert len(read_metrics(run_dir)) == 1
+
+
+def test_corrupt_checkpoint_is_an_error_not_a_silent_restart(tmp_path):
+    args = [*TINY, "trainer.epochs=4", f"hydra.run.dir={tmp_path / 'run'}"]
+    run_dir = tmp_path / "run"
+    _kill_after_first_epoch(args, run_dir)
+    metrics_before = (run_dir / "metrics.csv").read_bytes()
+    (run_dir / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    proc = run_cli(args, check=False)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "corrupt" in last and "checkpoint.pt" in last
+    assert (run_dir / "metrics.csv").read_bytes() == metrics_before
+    assert summary(run_dir)["status"] == "failed"
+
+
+@pytest.mark.parametrize("override, key", [
+    ("optimizer.lr=-1", "optimizer.lr"),
+    ("optimizer.lr=0", "optimizer.lr"),
+    ("optimizer.weight_decay=-1e-4", "optimizer.weight_decay"),
+    ("trainer.epochs=0", "trainer.epochs"),
+    ("trainer.batch_size=0", "trainer.batch_size"),
+])
+def test_bad_numbers_fail_before_training_with_one_line(tmp_path, override, key):
+    run_dir = tmp_path / "run"
+    proc = run_cli([*TINY, override, f"hydra.run.dir={run_dir}"], check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: ConfigError: {key} must be")
+    assert not (run_dir / "metrics.csv").exists()
+
+
+def test_missing_data_root_is_one_clear_line(tmp_path):
+    missing = tmp_path / "nowhere"
+    proc = run_cli(["data=cifar10", f"data.root={missing}", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"],
+                   check=False)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert str(missing) in last and "DNM_DATA_ROOT" in last
+
+
+def test_unknown_optimizer_lists_the_choices(tmp_path):
+    proc = run_cli([*TINY, "optimizer=adamq", f"hydra.run.dir={tmp_path / 'run'}"], check=False)
+    assert proc.returncode != 0
+    assert "adamq" in proc.stderr and "adamp" in proc.stderr and "proxadam" in proc.stderr
+
+
+def test_wandb_offline_run_lives_in_the_run_dir(tmp_path):
+    run_dir = tmp_path / "run"
+    env = cli_env(tmp_path)
+    env.pop("WANDB_MODE")  # no key, no mode: the trainer itself must choose offline
+    run_cli([*[a for a in TINY if a != "logger=none"], "logger=wandb", "trainer.epochs=2", "name=wandbtest",
+             f"hydra.run.dir={run_dir}"], env=env)
+    runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, list((run_dir / "wandb").glob("*"))
+    assert list(runs[0].glob("*.wandb")), "the offline run has no data file"
+    assert summary(run_dir)["status"] == "finished"
