@@ -16,6 +16,12 @@ from experiments.trainer import DONE_STATUSES, summarize, train_run
 
 log = logging.getLogger("experiments.train")
 
+# Hydra instantiates launchers only from the `hydra_plugins` namespace package; this folder holds
+# ours (launcher=packed), so it must be importable before Hydra scans for plugins.
+_PLUGINS = str(Path(__file__).resolve().parent / "launcher_plugins")
+if _PLUGINS not in sys.path:
+    sys.path.append(_PLUGINS)
+
 # An empty override list would give an empty folder name.
 OmegaConf.register_new_resolver("run_dirname", lambda overrides: overrides or "default", replace=True)
 
@@ -45,10 +51,6 @@ def main(cfg: DictConfig) -> float | None:
     run_dir = Path(hc.runtime.output_dir)
     run_name = hc.job.override_dirname or "default"
     multirun = hc.mode == RunMode.MULTIRUN
-    if cfg.get("packed") and multirun:
-        from experiments.packed import packed_member_job
-
-        return packed_member_job(cfg, run_dir, run_name, hc)
     try:
         summary = train_run(cfg, run_dir, run_name, base_dir=hc.runtime.cwd)
     except KeyboardInterrupt:

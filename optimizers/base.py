@@ -2,26 +2,30 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import numbers
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch.optim import Optimizer
 
 
-def check_nonnegative(name: str, value: float) -> None:
-    # `not value >= 0` also rejects NaN.
-    if isinstance(value, torch.Tensor) or not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise ValueError(f"{name} must be a float >= 0, got {value!r}")
-    if not value >= 0 or math.isinf(value):
+def _is_real(value: Any) -> bool:
+    # Tensors are refused: a tensor lr/beta would make every step read it back from the device.
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_nonnegative(name: str, value: Any) -> None:
+    """ValueError unless value is a finite real number >= 0 (NaN fails `>= 0`)."""
+    if not _is_real(value) or not value >= 0 or math.isinf(value):
         raise ValueError(f"{name} must be a finite float >= 0, got {value!r}")
 
 
 def check_betas(betas: Any) -> None:
-    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+    if isinstance(betas, (str, bytes)) or not isinstance(betas, Sequence) or len(betas) != 2:
         raise ValueError(f"betas must be a pair (beta1, beta2) with each in [0, 1), got {betas!r}")
     for i, beta in enumerate(betas):
-        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0.0 <= beta < 1.0:
+        if not _is_real(beta) or not 0.0 <= beta < 1.0:
             raise ValueError(f"betas[{i}] must be in [0, 1), got {beta!r}")
 
 
@@ -35,6 +39,12 @@ class ScheduledOptimizer(Optimizer):
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         self._check_group(group)
+        # Plain floats keep the scalar arithmetic in double precision (numpy float32 scalars would not).
+        for key in ("lr", "weight_decay", "eps", "momentum"):
+            if key in group:
+                group[key] = float(group[key])
+        if "betas" in group:
+            group["betas"] = tuple(float(beta) for beta in group["betas"])
         # Schedulers also setdefault this, so whichever comes first records the same base lr.
         group.setdefault("initial_lr", group["lr"])
         if group["foreach"] is None:

@@ -38,6 +38,8 @@ PER_TENSOR = SimpleNamespace(
 
 def group_by_device_and_dtype(tensor_lists: list[list]) -> list[tuple[list[list], list[int]]]:
     """Split parallel lists into same-device, same-dtype sublists (foreach kernels need that) plus their indices."""
+    # Autograd and load_state_dict keep grads and state on their parameter's device and dtype,
+    # so checking the parameters (tensor_lists[0]) decides; this is cheaper than the general split.
     first = tensor_lists[0][0]
     device, dtype = first.device, first.dtype
     if all(t.device == device and t.dtype == dtype for t in tensor_lists[0]):

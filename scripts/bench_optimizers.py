@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a plain script from anywhere
 import optimizers  # noqa: E402
 
 BASELINE = "torch_adamw"
@@ -104,6 +104,7 @@ def write_json_atomic(path: Path, payload: dict) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(payload, f, indent=2)
             f.write("\n")
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
@@ -124,10 +125,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=50, help="steps per timed round")
     parser.add_argument("--repeats", type=int, default=15, help="interleaved rounds; the median is reported")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps per optimizer first")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here (atomically)")
     args = parser.parse_args(argv)
-    if args.steps < 1 or args.repeats < 1 or args.warmup < 0:
-        parser.error("--steps and --repeats must be >= 1, --warmup >= 0")
+    if args.steps < 1 or args.repeats < 1 or args.warmup < 0 or (args.threads is not None and args.threads < 1):
+        parser.error("--steps, --repeats and --threads must be >= 1, --warmup >= 0")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
     device = pick_device(args.device)
     shapes = resnet20_shapes()

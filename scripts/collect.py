@@ -50,6 +50,14 @@ class SkippedRun(ValueError):
 
 # ---------------------------------------------------------------- atomic file writes
 
+def publish_temp_file(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Moves a finished temp file onto path, with the permissions a plain open() would have given."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates files readable by their owner only
+    os.replace(tmp, path)
+
+
 def write_csv_atomically(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Writes df to path through a temp file in the same folder, so readers never see half a file."""
     path = Path(path)
@@ -58,7 +66,7 @@ def write_csv_atomically(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     try:
         with os.fdopen(fd, "w", newline="") as f:
             df.to_csv(f, index=False)
-        os.replace(tmp, path)
+        publish_temp_file(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -74,7 +82,7 @@ def curves_path_for(results_csv: str | os.PathLike) -> Path:
 # ---------------------------------------------------------------- finding run folders
 
 def find_run_dirs(roots: Iterable[str | os.PathLike]) -> list[Path]:
-    """Folders under roots that hold summary.json, metrics.csv or config.yaml.
+    """Folders under roots that hold summary.json, metrics.csv, config.yaml or .hydra/config.yaml.
 
     Hidden folders (.hydra, .submitit) are never run folders, and a run folder's own sub-folders
     (e.g. a wandb/ folder with its own config.yaml) are not searched.
@@ -85,8 +93,9 @@ def find_run_dirs(roots: Iterable[str | os.PathLike]) -> list[Path]:
         if not root.is_dir():
             raise NoRunsFound(f"sweep directory {root} does not exist; pass a folder holding run folders")
         for dirpath, dirnames, filenames in os.walk(root):
+            started = ".hydra" in dirnames and Path(dirpath, ".hydra", "config.yaml").is_file()
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            if any(m in filenames for m in RUN_DIR_MARKERS):
+            if started or any(m in filenames for m in RUN_DIR_MARKERS):
                 found.append(Path(dirpath))
                 dirnames[:] = []
     return sorted(dict.fromkeys(found))

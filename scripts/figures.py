@@ -24,6 +24,7 @@ import math
 import os
 import sys
 import tempfile
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -38,9 +39,10 @@ _SCRIPTS_DIR = str(Path(__file__).resolve().parent)
 if _SCRIPTS_DIR not in sys.path:  # so that `figures` imports its siblings however it was loaded
     sys.path.insert(0, _SCRIPTS_DIR)
 import figure_lib as lib  # noqa: E402  (sibling module; scripts/ is not a package)
-from collect import curves_path_for, write_csv_atomically  # noqa: E402
+from collect import curves_path_for, publish_temp_file, write_csv_atomically  # noqa: E402
 
 CMAP = "viridis"
+CAPTION_FONTSIZE = 7
 MISSING_COLOR = "#ececec"
 DIVERGED_COLOR = "#9a9a9a"
 CURVE_METRICS = (("test_acc", "test accuracy (%)"), ("train_loss", "train loss"))
@@ -57,7 +59,7 @@ def load_results(path: str | os.PathLike) -> pd.DataFrame:
     missing = [c for c in ("optimizer", "lr", "weight_decay", "status") if c not in df.columns]
     if missing:
         raise ValueError(f"{path} lacks columns {', '.join(missing)}; is it a results CSV from scripts/collect.py?")
-    if "batch_norm" in df.columns and df["batch_norm"].dtype == object:
+    if "batch_norm" in df.columns and not pd.api.types.is_bool_dtype(df["batch_norm"]):
         df["batch_norm"] = df["batch_norm"].map(lambda v: v if pd.isna(v) else lib.as_bool(v))
     return df
 
@@ -188,17 +190,19 @@ def plot_heatmaps(df: pd.DataFrame, metric: str = "test_acc", *, wd_convention: 
     finite = np.concatenate([t.mean.to_numpy(dtype=float).ravel() for _, t in methods]) * _scale(column)
     finite = finite[np.isfinite(finite)]
     norm = Normalize(*(finite.min(), finite.max()) if finite.size else (0, 1))
-    cmap = matplotlib.colormaps[CMAP].copy()
-    cmap.set_bad(MISSING_COLOR)
+    cmap = matplotlib.colormaps[CMAP].with_extremes(bad=MISSING_COLOR)
 
-    caption = heatmap_caption(df, column, wd_convention, scores)
-    n_lines = caption.count("\n") + 1
     # One column per optimizer, one row per combination of the other varying settings (e.g. BN on/off).
     columns = list(dict.fromkeys(key["optimizer"] for key, _ in methods))
     rows = list(dict.fromkeys(_setting_key(key) for key, _ in methods))
-    height = 3.2 * len(rows) + 0.2 + 0.18 * n_lines
-    fig = Figure(figsize=(3.9 * len(columns) + 1.2, height), layout="constrained")
-    fig.get_layout_engine().set(rect=(0, 0.18 * n_lines / height, 1, 1 - 0.18 * n_lines / height))
+    width = 3.9 * len(columns) + 1.2
+    # Wrapped by hand so that the space kept free below the panels fits the caption exactly.
+    caption = "\n".join(textwrap.fill(paragraph, width=int(width * 72 / (CAPTION_FONTSIZE * 0.55)))
+                         for paragraph in heatmap_caption(df, column, wd_convention, scores).splitlines())
+    caption_height = (caption.count("\n") + 1) * CAPTION_FONTSIZE * 1.3 / 72 + 0.1
+    height = 3.2 * len(rows) + 0.4 + caption_height
+    fig = Figure(figsize=(width, height), layout="constrained")
+    fig.get_layout_engine().set(rect=(0, caption_height / height, 1, 1 - caption_height / height))
     axes = fig.subplots(len(rows), len(columns), squeeze=False)
     used = set()
     image = None
@@ -212,7 +216,7 @@ def plot_heatmaps(df: pd.DataFrame, metric: str = "test_acc", *, wd_convention: 
     fig.colorbar(image, ax=axes.ravel().tolist(), label=_metric_title(column), shrink=0.9)
     title = lib.setting_title(df)
     fig.suptitle(f"{_metric_title(column).capitalize()}" + (f" — {title}" if title else ""))
-    fig.text(0.01, 0.01, caption, ha="left", va="bottom", fontsize=7, wrap=True)
+    fig.text(0.01, 0.05 / height, caption, ha="left", va="bottom", fontsize=CAPTION_FONTSIZE)
     return fig
 
 
@@ -354,7 +358,7 @@ def save_figure(fig: Figure, out_dir: str | os.PathLike, stem: str) -> list[Path
         os.close(fd)
         try:
             fig.savefig(tmp, format=fmt, dpi=150)
-            os.replace(tmp, path)
+            publish_temp_file(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise

@@ -39,7 +39,9 @@ def test_every_experiment_composes_with_every_launcher(experiment, launcher):
 
 def test_smoke_sweep_end_to_end_then_collect_and_figures(tmp_path):
     sweep = tmp_path / "sweep"
-    run_cli(["-m", "experiment=smoke", *TINY, f"hydra.sweep.dir={sweep}"])
+    # The smoke experiment's CIFAR subset sizes do not apply to the small synthetic set.
+    run_cli(["-m", "experiment=smoke", *TINY, "data.subset=null", "data.test_subset=null",
+             f"hydra.sweep.dir={sweep}"])
     runs = summaries(sweep)
     assert len(runs) == 8  # adamw, adamp x lr {1e-3, 1e-2} x wd {1e-4, 1e-2}
     assert {s["status"] for s in runs.values()} == {"finished"}

@@ -50,8 +50,9 @@ def test_outputs_exist_and_are_complete(tmp_path):
 
 def test_real_cifar10_one_epoch_with_bn_beats_chance(tmp_path, cifar10_root, data_cache_dir):
     run_dir = tmp_path / "run"
-    run_cli(["data=cifar10", f"data.root={cifar10_root}", f"data.cache_dir={data_cache_dir}", "data.subset=2000",
-             "data.test_subset=1000", "trainer.epochs=1", "model.batch_norm=true", "optimizer=adamw",
+    run_cli(["data=cifar10", f"data.root={cifar10_root}", f"data.cache_dir={data_cache_dir}", "data.subset=5000",
+             "data.test_subset=1000", "trainer.epochs=1", "trainer.batch_size=64", "model.batch_norm=true",
+             "optimizer=adamw",
              "optimizer.lr=2e-3", "logger=none", f"hydra.run.dir={run_dir}"])
     s = summary(run_dir)
     assert s["status"] == "finished"

@@ -1,0 +1,42 @@
+"""Hydra launcher `packed`: trains a sweep's grid points in packs, one process, one device.
+
+Hydra only instantiates launchers defined under the `hydra_plugins` namespace package;
+experiments/train.py puts experiments/launcher_plugins on sys.path so Hydra's plugin scan finds
+this one. The class lives in this module because Hydra registers plugins by their defining
+module, which is what `_target_` (configs/hydra/launcher/packed.yaml) names. Kept free of torch
+imports: every `python -m experiments.train` scans plugins.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from hydra.core.utils import JobReturn
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+
+class PackedLauncher(Launcher):
+    """Composes every job like Hydra's basic launcher, then trains jobs that can share a pack together.
+
+    pack_size: most runs per pack (null: every compatible run of the sweep in one pack).
+    packed_init: shared (a pack holds one seed: members start alike, as their single runs) or
+    own (seeds mix in a pack; each member starts from its own seed).
+    """
+
+    def __init__(self, pack_size: Optional[int] = None, packed_init: str = "shared") -> None:
+        self.pack_size = pack_size
+        self.packed_init = packed_init
+        self.config: Optional[DictConfig] = None
+        self.task_function: Optional[TaskFunction] = None
+        self.hydra_context: Optional[HydraContext] = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config = config
+        self.task_function = task_function
+        self.hydra_context = hydra_context
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from hydra_plugins.dnm_packed_launcher import jobs
+
+        return jobs.launch(self, job_overrides, initial_job_idx)

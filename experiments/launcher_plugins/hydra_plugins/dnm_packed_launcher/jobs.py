@@ -1,0 +1,162 @@
+"""The packed launcher's work: compose each job as Hydra's run_job does, group the jobs into packs, train."""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus, _save_config, configure_log, env_override, filter_overrides, \
+    setup_globals
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+log = logging.getLogger(__name__)
+
+
+class _Job:
+    """One composed job. (No dataclass: Hydra's plugin scan runs this module outside sys.modules.)"""
+
+    def __init__(self, config: DictConfig, ret: JobReturn, member) -> None:
+        self.config = config  # the job's full config, hydra node included
+        self.ret = ret
+        self.member = member  # experiments.packed.PackMember
+
+
+def _compose(launcher, idx: int, overrides: Sequence[str]) -> _Job:
+    """hydra.core.utils.run_job up to calling the task: config, output dir, .hydra/ files, JobReturn."""
+    from experiments.packed import PackMember
+
+    config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
+    with open_dict(config):
+        config.hydra.job.id = idx
+        config.hydra.job.num = idx
+    HydraConfig.instance().set_config(config)
+    output_dir = os.path.join(str(OmegaConf.select(config, "hydra.sweep.dir")),
+                              str(OmegaConf.select(config, "hydra.sweep.subdir")))
+    with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
+        config.hydra.runtime.output_dir = os.path.abspath(output_dir)
+    HydraConfig.instance().set_config(config)
+
+    task_cfg = copy.deepcopy(config)
+    with read_write(task_cfg), open_dict(task_cfg):
+        del task_cfg["hydra"]
+    hydra_cfg = copy.deepcopy(HydraConfig.instance().cfg)
+    ret = JobReturn(overrides=OmegaConf.to_container(config.hydra.overrides.task), cfg=task_cfg,
+                    hydra_cfg=hydra_cfg, working_dir=os.getcwd(), task_name=str(config.hydra.job.name))
+    run_dir = Path(config.hydra.runtime.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if config.hydra.output_subdir is not None:
+        hydra_output = run_dir / str(config.hydra.output_subdir)
+        _save_config(task_cfg, "config.yaml", hydra_output)
+        _save_config(hydra_cfg, "hydra.yaml", hydra_output)
+        _save_config(config.hydra.overrides.task, "overrides.yaml", hydra_output)
+    # Resolved now, while this job's HydraConfig is the current one.
+    resolved = copy.deepcopy(task_cfg)
+    OmegaConf.resolve(resolved)
+    run_name = str(hydra_cfg.hydra.job.override_dirname) or "default"
+    return _Job(config=config, ret=ret, member=PackMember(resolved, run_dir, run_name))
+
+
+class _OneMember(logging.Filter):
+    """Keeps the lines of one pack member plus the pack-wide lines (those tagged with no member)."""
+
+    def __init__(self, run_dir: str) -> None:
+        super().__init__()
+        self.run_dir = run_dir
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return getattr(record, "pack_member", self.run_dir) == self.run_dir
+
+
+@contextmanager
+def _pack_logging(jobs: list[_Job], pack_dir: Path) -> Iterator[None]:
+    """Hydra's job logging aimed at the pack folder, plus each run's own <job name>.log, as a single run has."""
+    config = copy.deepcopy(jobs[0].config)
+    with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
+        config.hydra.runtime.output_dir = str(pack_dir)
+    HydraConfig.instance().set_config(config)
+    pack_dir.mkdir(parents=True, exist_ok=True)
+    configure_log(config.hydra.job_logging, config.hydra.verbose)
+    file_handler = OmegaConf.select(config, "hydra.job_logging.handlers.file")
+    handlers: list[logging.Handler] = []
+    if file_handler is not None:
+        fmt = OmegaConf.select(config, f"hydra.job_logging.formatters.{file_handler.get('formatter')}.format")
+        for job in jobs:
+            handler = logging.FileHandler(job.member.run_dir / f"{config.hydra.job.name}.log")
+            handler.setFormatter(logging.Formatter(fmt))
+            handler.addFilter(_OneMember(str(job.member.run_dir)))
+            handlers.append(handler)
+            logging.getLogger().addHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+
+
+def _final_test_acc(summary: dict | None):
+    """What a single run's task function returns: its final test accuracy, None when it failed."""
+    if summary and summary.get("status") in ("finished", "diverged"):
+        return summary["final"]["test_acc"]
+    return None
+
+
+def _run_pack(launcher, jobs: list[_Job], pack_dir: Path) -> None:
+    from experiments import run_files
+    from experiments.packed import train_pack
+    from experiments.train import _one_line, _record_failure
+
+    callbacks = launcher.hydra_context.callbacks
+    with _pack_logging(jobs, pack_dir):
+        for job in jobs:
+            HydraConfig.instance().set_config(job.config)
+            callbacks.on_job_start(config=job.config, task_function=launcher.task_function)
+        members = [job.member for job in jobs]
+        try:
+            with env_override(dict(jobs[0].config.hydra.job.env_set)):
+                summaries = train_pack(members, pack_dir, packed_init=launcher.packed_init,
+                                       base_dir=str(jobs[0].config.hydra.runtime.cwd))
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # one failing pack must never take down the sweep
+            message = _one_line(exc)
+            log.debug("pack %s failed", pack_dir.name, exc_info=True)
+            log.error("pack %s failed: %s", pack_dir.name, message)
+            for m in members:
+                _record_failure(m.cfg, m.run_dir, m.run_name, message)
+            summaries = [run_files.read_json(m.run_dir / "summary.json") for m in members]
+        for job, summary in zip(jobs, summaries):
+            job.ret.status = JobStatus.COMPLETED
+            job.ret.return_value = _final_test_acc(summary)
+            HydraConfig.instance().set_config(job.config)
+            callbacks.on_job_end(config=job.config, job_return=job.ret)
+
+
+def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
+    from experiments.packed import check_pack_options, group_into_packs, pack_key, pack_name
+
+    setup_globals()
+    assert launcher.config is not None and launcher.hydra_context is not None
+    configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
+    check_pack_options(launcher.packed_init, launcher.pack_size)
+    sweep_dir = Path(str(launcher.config.hydra.sweep.dir)).absolute()
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    log.info("Packing %d jobs (pack_size=%s, packed_init=%s)", len(job_overrides), launcher.pack_size,
+             launcher.packed_init)
+    jobs = []
+    for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+        log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
+        jobs.append(_compose(launcher, idx, overrides))
+    keys = [pack_key(job.member.cfg, launcher.packed_init) for job in jobs]
+    packs = group_into_packs(keys, launcher.pack_size)
+    for number, indices in enumerate(packs, start=1):
+        pack_jobs = [jobs[i] for i in indices]
+        pack_dir = sweep_dir / ".packs" / pack_name([job.member.run_name for job in pack_jobs])
+        log.info("Pack %d/%d (%s): %d runs", number, len(packs), pack_dir.name, len(pack_jobs))
+        _run_pack(launcher, pack_jobs, pack_dir)
+        configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
+    return [job.ret for job in jobs]

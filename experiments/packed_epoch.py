@@ -1,0 +1,83 @@
+"""One training epoch and one evaluation pass of a ModelPack: epoch.py's metrics, one per member."""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from contextlib import AbstractContextManager, nullcontext
+
+import torch
+from tqdm.auto import tqdm
+
+from experiments.packed_models import ModelPack, member_cross_entropy
+
+
+def train_packed_epoch(pack: ModelPack, loader, optimizers: list, schedulers: list, *,
+                       loss_multipliers: list[float], active: list[bool],
+                       autocast: AbstractContextManager = nullcontext(), progress: bool = False,
+                       desc: str = "") -> list[dict[str, float]]:
+    """Trains every active member on each batch of `loader`; inactive members take no step.
+
+    One backward of sum_k c_k * CE_k gives each member the gradient of its own c_k * CE_k in its
+    own slice. Inactive (diverged) members are masked out of the sum with torch.where, so a NaN
+    loss of theirs never enters it; their gradient slices may hold NaN, which no one reads.
+    Returns one dict per member, with train_epoch's keys (images_per_s = images of the shared
+    batches per second, i.e. each member's own throughput; the pack's aggregate is K times it).
+    """
+    pack.train()
+    size = pack.size
+    device = next(iter(pack.params.values())).device
+    multipliers = torch.tensor(loss_multipliers, device=device, dtype=torch.float32)
+    mask = torch.tensor(active, device=device)
+    stepping = [k for k in range(size) if active[k]]
+    loss_sum = torch.zeros(size, device=device, dtype=torch.float64)
+    correct = torch.zeros(size, device=device, dtype=torch.int64)
+    grad_norm_sum = torch.zeros(size, device=device, dtype=torch.float64)
+    seen = steps = 0
+    start = time.perf_counter()
+    for x, y in tqdm(loader, desc=desc, disable=not progress, leave=False, file=sys.stderr):
+        with autocast:
+            logits = pack(x)
+            losses = member_cross_entropy(logits.float(), y)
+        pack.zero_grad()
+        total = torch.where(mask, losses * multipliers, torch.zeros_like(losses)).sum()
+        total.backward()
+        with torch.no_grad():
+            # Gradient norm of the plain loss: the c*loss gradient divided by c.
+            grad_norm_sum += pack.grad_norms() / multipliers
+            loss_sum += losses.detach() * y.shape[0]
+            correct += (logits.argmax(-1) == y).sum(-1)
+        for k in stepping:
+            optimizers[k].step()
+            schedulers[k].step()
+        seen += y.shape[0]
+        steps += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elapsed = time.perf_counter() - start
+    train_loss = (loss_sum / max(seen, 1)).tolist()
+    train_acc = (correct.double() / max(seen, 1)).tolist()
+    grad_norm = (grad_norm_sum / max(steps, 1)).tolist()
+    images_per_s = seen / elapsed if elapsed > 0 else math.nan
+    return [{"train_loss": train_loss[k], "train_acc": train_acc[k], "grad_norm": grad_norm[k],
+             "epoch_time_s": elapsed, "images_per_s": images_per_s} for k in range(size)]
+
+
+@torch.no_grad()
+def evaluate_packed(pack: ModelPack, loader, *,
+                    autocast: AbstractContextManager = nullcontext()) -> list[dict[str, float]]:
+    pack.eval()
+    size = pack.size
+    device = next(iter(pack.params.values())).device
+    loss_sum = torch.zeros(size, device=device, dtype=torch.float64)
+    correct = torch.zeros(size, device=device, dtype=torch.int64)
+    seen = 0
+    for x, y in loader:
+        with autocast:
+            logits = pack(x)
+        loss_sum += member_cross_entropy(logits.float(), y, reduction="sum")
+        correct += (logits.argmax(-1) == y).sum(-1)
+        seen += y.shape[0]
+    test_loss = (loss_sum / max(seen, 1)).tolist()
+    test_acc = (correct.double() / max(seen, 1)).tolist()
+    return [{"test_loss": test_loss[k], "test_acc": test_acc[k]} for k in range(size)]

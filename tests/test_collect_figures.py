@@ -1,0 +1,330 @@
+"""scripts/collect.py and scripts/figures.py on fake run folders whose numbers the test knows."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
+
+import collect  # noqa: E402
+import fake_runs  # noqa: E402
+import figure_lib as lib  # noqa: E402
+import figures  # noqa: E402
+
+LRS = (1e-3, 1e-2, 1e-1)
+WDS = (1e-5, 1e-4, 1e-3)
+SEEDS = (0, 1, 2)
+DIVERGED = {("adamw", 0.1, 1e-5): (0, 1, 2), ("adamw", 0.1, 1e-4): (2,)}
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """Two sweep folders: a grid of AdamW and AdamP, and one DecoupledAdamW run in the other."""
+    base = tmp_path_factory.mktemp("sweeps")
+    truth = fake_runs.write_fake_sweep(base / "grid", lrs=LRS, wds=WDS, seeds=SEEDS, diverged=DIVERGED)
+    fake_runs.write_fake_run(base / "other", optimizer="decoupled_adamw", lr=1e-3, weight_decay=5e-5,
+                             seed=0, test_acc=0.8, model_norm=30.0)
+    (base / "grid" / "multirun.yaml").write_text("hydra: {}\n")
+    return base, pd.DataFrame(truth)
+
+
+@pytest.fixture(scope="module")
+def collected(sweep, tmp_path_factory):
+    base, truth = sweep
+    out = tmp_path_factory.mktemp("results") / "nested" / "grid.csv"
+    assert collect.main([str(base / "grid"), str(base / "other"), "-o", str(out)]) == 0
+    return out, pd.read_csv(out), pd.read_csv(collect.curves_path_for(out)), truth
+
+
+# ---------------------------------------------------------------- collect
+
+def test_collect_writes_one_row_per_run_with_all_columns(collected):
+    out, results, curves, truth = collected
+    assert len(results) == len(truth) + 1
+    assert list(results.columns) == collect.RESULT_COLUMNS
+    assert sorted(p.name for p in out.parent.iterdir()) == ["grid.csv", "grid_curves.csv"]  # no temp files
+    merged = truth.merge(results, on=["optimizer", "lr", "weight_decay", "seed"], validate="one_to_one")
+    finished = merged[merged["status_x"] == "finished"]
+    np.testing.assert_allclose(finished["final_test_acc"], finished["test_acc"], rtol=1e-12)
+    np.testing.assert_allclose(finished["final_model_norm"], finished["model_norm"], rtol=1e-12)
+    assert (merged["status_x"] == merged["status_y"]).all()
+    assert merged.loc[merged["status_y"] == "diverged", "final_test_acc"].isna().all()
+    assert (results["depth"] == 20).all() and (results["subset"] == 5000).all()
+    assert not results["run_dir"].str.contains(".hydra", regex=False).any()
+
+
+def test_collect_writes_long_curves(collected):
+    _, results, curves, _ = collected
+    assert list(curves.columns[:len(collect.CURVE_ID_COLUMNS)]) == collect.CURVE_ID_COLUMNS
+    # metrics.csv's own per-epoch lr is kept apart from the swept lr
+    assert {"epoch", "test_acc", "train_loss", "epoch_lr"} <= set(curves.columns)
+    assert len(curves) == results["epochs_completed"].sum()
+    one = curves[curves["run_dir"] == results["run_dir"].iloc[0]]
+    assert list(one["epoch"]) == list(range(1, int(results["epochs_completed"].iloc[0]) + 1))
+
+
+def test_collect_reports_and_skips_broken_runs_and_keeps_running_ones(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    fake_runs.write_fake_run(sweep, optimizer="adamw", lr=1e-3, weight_decay=1e-4, seed=0,
+                             test_acc=0.8, model_norm=30.0)
+    fake_runs.write_fake_run(sweep, optimizer="adamw", lr=1e-3, weight_decay=1e-4, seed=1,
+                             test_acc=0.7, model_norm=30.0, status="running", epochs_completed=2)
+    corrupt = fake_runs.write_fake_run(sweep, optimizer="adamp", lr=1e-3, weight_decay=1e-4, seed=0,
+                                       test_acc=0.8, model_norm=30.0)
+    (corrupt / "summary.json").write_text('{"status": "fini')
+    partial = fake_runs.write_fake_run(sweep, optimizer="adamp", lr=1e-2, weight_decay=1e-4, seed=0,
+                                       test_acc=0.8, model_norm=30.0)
+    (partial / "summary.json").unlink()
+    keyless = fake_runs.write_fake_run(sweep, optimizer="adamp", lr=1e-1, weight_decay=1e-4, seed=0,
+                                       test_acc=0.8, model_norm=30.0)
+    summary = json.loads((keyless / "summary.json").read_text())
+    del summary["hparams"]["lr"], summary["final"]
+    (keyless / "summary.json").write_text(json.dumps(summary))
+
+    unstarted = sweep / "optimizer=adamp,seed=9"
+    (unstarted / ".hydra").mkdir(parents=True)
+    (unstarted / ".hydra" / "config.yaml").write_text("seed: 9\n")
+
+    results, _ = collect.collect_runs([sweep])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert sorted(results["status"]) == ["finished", "running"]
+    assert len(err) == 4 and all(line.startswith("collect: skipping ") for line in err)
+    assert any(unstarted.name in line and "never finished an epoch" in line for line in err)
+    assert any(corrupt.name in line and "not valid JSON" in line for line in err)
+    assert any(partial.name in line and "no summary.json" in line for line in err)
+    assert any(keyless.name in line and "final" in line and "hparams.lr" in line for line in err)
+
+
+def test_collect_fails_in_one_line_when_no_run_is_found(tmp_path, capsys):
+    (tmp_path / "empty" / ".submitit").mkdir(parents=True)
+    (tmp_path / "empty" / ".submitit" / "config.yaml").write_text("a: 1\n")
+    (tmp_path / "empty" / "multirun.yaml").write_text("a: 1\n")
+    out = tmp_path / "r.csv"
+    assert collect.main([str(tmp_path / "empty"), "-o", str(out)]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no run" in err[0]
+    assert not out.exists()
+    assert collect.main([str(tmp_path / "missing"), "-o", str(out)]) != 0
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_csv_write_is_atomic(tmp_path, monkeypatch):
+    out = tmp_path / "r.csv"
+    collect.write_csv_atomically(pd.DataFrame({"a": [1]}), out)
+    before = out.read_text()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's owner-only 0600
+
+    def fail_midway(self, buf, *args, **kwargs):
+        if hasattr(buf, "write"):
+            buf.write("a\n")
+        else:
+            Path(buf).write_text("a\n")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", fail_midway)
+    with pytest.raises(OSError):
+        collect.write_csv_atomically(pd.DataFrame({"a": [2]}), out)
+    assert out.read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["r.csv"]
+
+
+def test_wandb_without_access_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb"))
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    assert collect.main(["grid", "-o", str(tmp_path / "r.csv"), "--wandb-project", "me/nothing"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "W&B" in err[0]
+    assert not (tmp_path / "r.csv").exists()
+
+
+# ---------------------------------------------------------------- tables
+
+def test_heatmap_table_matches_seed_statistics(collected):
+    _, results, _, truth = collected
+    runs = results[results["optimizer"] == "adamw"]
+    table = lib.heatmap_table(runs, "final_test_acc")
+    assert table.lrs == list(LRS) and table.wds == list(WDS)
+    for i, lr in enumerate(LRS):
+        for j, wd in enumerate(WDS):
+            cell = truth[(truth.optimizer == "adamw") & (truth.lr == lr) & (truth.weight_decay == wd)]
+            ok = cell.loc[cell.status == "finished", "test_acc"].to_numpy()
+            assert table.n_runs.iat[i, j] == len(SEEDS)
+            assert table.n_diverged.iat[i, j] == len(SEEDS) - len(ok)
+            if len(ok):
+                assert table.mean.iat[i, j] == pytest.approx(ok.mean(), rel=1e-12)
+                assert table.std.iat[i, j] == pytest.approx(ok.std(ddof=1), rel=1e-12)
+            else:
+                assert math.isnan(table.mean.iat[i, j])
+    assert table.all_diverged.to_numpy().sum() == 1 and table.all_diverged.loc[0.1, 1e-5]
+    assert table.some_diverged.to_numpy().sum() == 1 and table.some_diverged.loc[0.1, 1e-4]
+    assert not table.missing.to_numpy().any()
+
+
+def test_running_and_failed_runs_stay_out_of_tables():
+    df = pd.DataFrame({"optimizer": "adamw", "lr": [1e-3, 1e-3, 1e-2], "weight_decay": 1e-4,
+                       "status": ["finished", "running", "failed"], "final_test_acc": [0.8, 0.1, 0.2]})
+    table = lib.heatmap_table(df, "final_test_acc")
+    assert table.lrs == [1e-3] and table.n_runs.iat[0, 0] == 1 and table.mean.iat[0, 0] == 0.8
+
+
+def test_best_config_skips_cells_where_a_seed_diverged():
+    df = pd.DataFrame({
+        "optimizer": "adamw", "weight_decay": 1e-4,
+        "lr": [1e-3, 1e-3, 1e-2, 1e-2],
+        "status": ["finished", "finished", "finished", "diverged"],
+        "final_test_acc": [0.7, 0.72, 0.9, np.nan],
+    })
+    assert lib.best_config(lib.heatmap_table(df, "final_test_acc")) == (1e-3, 1e-4)
+    assert lib.best_config(lib.heatmap_table(df, "final_test_acc"), higher_is_better=False) == (1e-3, 1e-4)
+
+
+def grid_frame(values: dict[tuple[float, float], float], optimizer: str = "adamw") -> pd.DataFrame:
+    return pd.DataFrame([{"optimizer": optimizer, "lr": lr, "weight_decay": wd, "seed": 0,
+                          "status": "finished", "final_test_acc": v} for (lr, wd), v in values.items()])
+
+
+def test_decoupling_score_is_zero_for_a_rectangular_region_and_positive_for_a_diagonal():
+    lrs, wds = [1e-3, 1e-2, 1e-1], [1e-5, 1e-4, 1e-3]
+    rectangular = {(lr, wd): 0.9 - 0.1 * abs(math.log10(lr) + 2) - 0.01 * j
+                   for lr in lrs for j, wd in enumerate(wds)}
+    diagonal = {(lr, wd): 0.9 - 0.1 * abs(i - j) for i, lr in enumerate(lrs) for j, wd in enumerate(wds)}
+    rect = lib.decoupling(lib.heatmap_table(grid_frame(rectangular), "final_test_acc"))
+    diag = lib.decoupling(lib.heatmap_table(grid_frame(diagonal), "final_test_acc"))
+    assert list(rect.best_lr_per_wd) == [1e-2] * 3
+    assert rect.lr_shift_std == 0 and rect.lr_shift_range == 0 and rect.region_fill == 1
+    assert list(diag.best_lr_per_wd) == lrs
+    assert diag.lr_shift_std == pytest.approx(math.sqrt(2 / 3))
+    assert diag.lr_shift_range == pytest.approx(2)
+    assert diag.region_fill == pytest.approx(3 / 9)
+
+
+def test_decoupling_table_ranks_fake_adamw_above_adamp(collected):
+    _, results, _, _ = collected
+    scores = figures.decoupling_table(results).set_index("optimizer")
+    assert scores.loc["adamw", "lr_shift_std"] == 0
+    assert scores.loc["adamp", "lr_shift_std"] > 0.3
+    assert scores.loc["decoupled_adamw", "wd_convention"] == "paper"
+
+
+def test_weight_decay_conventions():
+    assert lib.convert_weight_decay(1e-4, 1e-3, "adamw", "paper") == pytest.approx(1e-7)
+    # Zhuang et al.: paper-form wd 5e-5 at lr 1e-3 is PyTorch-form wd 0.05
+    assert lib.convert_weight_decay(5e-5, 1e-3, "decoupled_adamw", "torch") == pytest.approx(0.05)
+    assert lib.convert_weight_decay(5e-5, 1e-3, "proxadam", "paper") == 5e-5
+    assert lib.convert_weight_decay(1e-4, 1e-3, "adamp", "native") == 1e-4
+    with pytest.raises(ValueError, match="convention"):
+        lib.convert_weight_decay(1e-4, 1e-3, "adamw", "pytorch")
+
+
+def test_titles_and_labels(collected):
+    _, results, _, _ = collected
+    assert lib.setting_title(results) == "ResNet20, BN off, CIFAR-10 (5k subset), 5 epochs"
+    assert lib.method_label({"optimizer": "adamp", "batch_norm": True, "loss_multiplier": 10.0}) == "AdamP, BN on, c=10"
+    assert lib.format_hparam(5e-5) == "5e-5" and lib.format_hparam(0.001) == "1e-3" and lib.format_hparam(0) == "0"
+
+
+# ---------------------------------------------------------------- drawing
+
+def panel(fig, title: str):
+    return next(ax for ax in fig.axes if ax.get_title() == title)
+
+
+def text_at(ax, j: int, i: int) -> str:
+    return next(t.get_text() for t in ax.texts if t.get_position() == (j, i))
+
+
+def test_heatmap_cells_show_means_divergence_and_missing(collected):
+    _, results, _, _ = collected
+    results = results[~((results.optimizer == "adamp") & (results.lr == 1e-2) & (results.weight_decay == 1e-3))]
+    fig = figures.plot_heatmaps(results, "test_acc")
+    adamw, adamp = panel(fig, "AdamW"), panel(fig, "AdamP")
+    table = lib.heatmap_table(results[results.optimizer == "adamw"], "final_test_acc")
+    assert text_at(adamw, 0, 2) == "3/3 div"  # lr 0.1 (row 2), wd 1e-5 (column 0)
+    assert any(p.get_hatch() == "///" for p in adamw.patches)
+    assert text_at(adamw, 1, 2).endswith("1/3 div")
+    mean, std = table.mean.iat[0, 1] * 100, table.std.iat[0, 1] * 100
+    assert text_at(adamw, 1, 0) == f"{mean:.1f}\n±{std:.1f}"
+    assert text_at(adamp, 2, 1) == "—"
+    assert "div" not in "".join(t.get_text() for t in adamp.texts)
+    assert [t.get_text() for t in adamw.get_xticklabels()] == ["1e-5", "1e-4", "1e-3"]
+
+
+def test_heatmap_caption_carries_decoupling_scores(collected):
+    _, results, _, _ = collected
+    scores = figures.decoupling_table(results)
+    fig = figures.plot_heatmaps(results, "test_acc", scores=scores)
+    caption = " ".join(t.get_text() for t in fig.texts).replace("\n", " ")
+    expected = scores.set_index("optimizer").loc["adamp", "lr_shift_std"]
+    assert f"AdamP: {expected:.2f}" in caption and "AdamW: 0.00" in caption
+
+
+def test_heatmap_adds_converted_weight_decay_in_other_convention(collected):
+    _, results, _, _ = collected
+    fig = figures.plot_heatmaps(results, "test_acc", wd_convention="paper")
+    assert text_at(panel(fig, "AdamW"), 1, 0).endswith("λ=1e-7")  # lr 1e-3 x torch wd 1e-4
+    assert "λ" not in text_at(panel(fig, "DecoupledAdamW"), 0, 0)  # already in the paper convention
+    fig = figures.plot_heatmaps(results, "test_acc", wd_convention="torch")
+    assert text_at(panel(fig, "DecoupledAdamW"), 0, 0).endswith("λ=5e-2")
+    with pytest.raises(ValueError, match="convention"):
+        figures.plot_heatmaps(results, "test_acc", wd_convention="pytorch")
+
+
+def test_make_figures_writes_png_and_pdf_of_every_figure(collected, tmp_path, capsys):
+    out, _, _, _ = collected
+    assert figures.main([str(out), "-o", str(tmp_path / "figs")]) == 0
+    stdout = capsys.readouterr().out
+    names = sorted(p.name for p in (tmp_path / "figs").iterdir())
+    stems = ["curves_best", "heatmap_model_norm", "heatmap_test_acc"]
+    assert names == sorted([f"{s}.{ext}" for s in stems for ext in ("png", "pdf")] + ["decoupling.csv"])
+    assert all((tmp_path / "figs" / n).stat().st_size > 1000 for n in names if not n.endswith(".csv"))
+    for name in names:
+        assert str(tmp_path / "figs" / name) in stdout
+    assert "lr_shift_std" in stdout
+    scores = pd.read_csv(tmp_path / "figs" / "decoupling.csv")
+    assert set(scores["optimizer"]) == {"adamw", "adamp", "decoupled_adamw"}
+
+
+def test_figures_cli_fails_in_one_line_on_a_missing_csv(tmp_path, capsys):
+    assert figures.main([str(tmp_path / "nope.csv"), "-o", str(tmp_path / "f")]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "collect.py" in err[0]
+
+
+def test_best_curves_follow_the_best_configuration(collected):
+    _, results, curves, _ = collected
+    fig = figures.plot_best_curves(results, curves)
+    acc_ax = fig.axes[0]
+    labels = [line.get_label() for line in acc_ax.get_lines()]
+    assert "AdamW (lr 1e-3, wd 1e-4)" in labels
+    line = acc_ax.get_lines()[labels.index("AdamW (lr 1e-3, wd 1e-4)")]
+    best = results[(results.optimizer == "adamw") & (results.lr == 1e-3) & (results.weight_decay == 1e-4)]
+    last = curves[curves.run_dir.isin(best.run_dir) & (curves.epoch == 5)]["test_acc"].mean()
+    assert line.get_ydata()[-1] == pytest.approx(last * 100)
+
+
+def test_scale_free_plot_when_loss_multiplier_varies(tmp_path):
+    fake_runs.write_fake_sweep(tmp_path / "sf", optimizers=("adamw", "adamp"), lrs=(1e-3, 1e-2),
+                               wds=(1e-4,), seeds=(0, 1), loss_multipliers=(1.0, 10.0, 100.0), epochs=2)
+    results, _ = collect.collect_runs([tmp_path / "sf"])
+    table = figures.scale_free_table(results)
+    assert len(table) == 6 and set(table["loss_multiplier"]) == {1.0, 10.0, 100.0}
+    row = table[(table.optimizer == "adamw") & (table.loss_multiplier == 10.0)].iloc[0]
+    seeds = results[(results.optimizer == "adamw") & (results.loss_multiplier == 10.0)
+                    & (results.lr == row.lr) & (results.weight_decay == row.weight_decay)]
+    assert row["mean"] == pytest.approx(seeds["final_test_acc"].mean())
+    fig = figures.plot_scale_free(results)
+    assert fig.axes[0].get_xscale() == "log"
+    assert figures.plot_scale_free(results[results.loss_multiplier == 1.0]) is None

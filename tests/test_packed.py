@@ -1,0 +1,275 @@
+"""Packed training (experiments/packed*.py, launcher=packed): members equal their single runs."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+import models
+import optimizers
+from cli import REPO, run_cli
+from experiments import run_files
+from experiments.packed import PackMember, group_into_packs, pack_key, train_pack
+from experiments.packed_epoch import train_packed_epoch
+from experiments.packed_models import ModelPack
+from experiments.run_files import CheckpointError
+from experiments.schedules import build_scheduler
+
+# (optimizer class, kwargs, loss multiplier): variants, lr, wd and c all differ between members.
+MEMBERS = [
+    (optimizers.AdamW, dict(lr=1e-3, weight_decay=5e-2), 1.0),
+    (optimizers.AdamP, dict(lr=3e-3, weight_decay=1e-3), 10.0),
+    (optimizers.SGD, dict(lr=0.05, weight_decay=5e-4, momentum=0.9), 0.5),
+]
+COSINE = OmegaConf.create({"name": "cosine", "warmup_epochs": 0, "min_factor": 0.1})
+STEPS, BATCH, DEPTH = 20, 8, 8  # ResNet8 has every block type of ResNet20 at a third of the cost
+
+
+def batches(steps: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(BATCH, 3, 32, 32, generator=g), torch.randint(0, 10, (BATCH,), generator=g))
+            for _ in range(steps)]
+
+
+def build(seed: int, batch_norm: bool) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return models.build_model(DEPTH, batch_norm, 10)
+
+
+def single_run(seed, batch_norm, cls, kwargs, c, data):
+    """The plain per-model loop: forward, c * CE backward, the same optimizer class and schedule."""
+    model = build(seed, batch_norm)
+    opt = cls(optimizers.param_groups(model, kwargs["weight_decay"]), **kwargs)
+    sched = build_scheduler(opt, COSINE, len(data), 1)
+    model.train()
+    loss_sum = 0.0
+    for x, y in data:
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x), y)
+        (loss * c).backward()
+        opt.step()
+        sched.step()
+        loss_sum += loss.item() * y.shape[0]
+    return model, loss_sum / (len(data) * BATCH)
+
+
+def packed_run(seeds, batch_norm, members, data, active=None):
+    nets = [build(seed, batch_norm) for seed in seeds]
+    pack = ModelPack(nets)
+    opts = [cls(optimizers.param_groups(net, kw["weight_decay"]), **kw) for net, (cls, kw, _) in zip(nets, members)]
+    scheds = [build_scheduler(o, COSINE, len(data), 1) for o in opts]
+    rows = train_packed_epoch(pack, data, opts, scheds, loss_multipliers=[c for _, _, c in members],
+                              active=active or [True] * len(nets))
+    return pack, rows
+
+
+def assert_close_state(packed: torch.nn.Module, single: torch.nn.Module, rtol: float = 1e-4) -> None:
+    got, want = packed.state_dict(), single.state_dict()
+    assert got.keys() == want.keys()
+    for name, w in want.items():
+        g = got[name]
+        if not w.is_floating_point():  # num_batches_tracked
+            assert torch.equal(g, w), name
+            continue
+        err = torch.linalg.vector_norm(g - w) / torch.linalg.vector_norm(w).clamp_min(1e-12)
+        assert err <= rtol, f"{name}: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("batch_norm", [False, True], ids=["bn_off", "bn_on"])
+def test_members_match_their_single_runs(batch_norm):
+    data = batches(STEPS)
+    seeds = [0, 1, 2]
+    pack, rows = packed_run(seeds, batch_norm, MEMBERS, data)
+    for k, (seed, (cls, kwargs, c)) in enumerate(zip(seeds, MEMBERS)):
+        single, train_loss = single_run(seed, batch_norm, cls, kwargs, c, data)
+        assert_close_state(pack.members[k], single)
+        assert rows[k]["train_loss"] == pytest.approx(train_loss, rel=1e-4)
+    if batch_norm:
+        assert (pack.buffers["bn1.num_batches_tracked"] == STEPS).all()
+    # The members really trained apart: different weights, all moved from their init.
+    w = pack.params["fc.weight"].detach()
+    assert not torch.allclose(w[0], w[1]) and not torch.allclose(w[1], w[2])
+
+
+@pytest.mark.parametrize("batch_norm", [False, True], ids=["bn_off", "bn_on"])
+def test_a_stopped_nan_member_neither_steps_nor_leaks(batch_norm):
+    data = batches(5, seed=1)
+    nets = [build(0, batch_norm), build(1, batch_norm)]
+    pack = ModelPack(nets)
+    with torch.no_grad():
+        for p in nets[1].parameters():
+            p.fill_(float("nan"))
+    before = {k: v.clone() for k, v in nets[1].state_dict().items()}
+    opts = [optimizers.AdamW(optimizers.param_groups(n, 1e-2), lr=1e-3, weight_decay=1e-2) for n in nets]
+    scheds = [build_scheduler(o, COSINE, len(data), 1) for o in opts]
+    rows = train_packed_epoch(pack, data, opts, scheds, loss_multipliers=[1.0, 1.0], active=[True, False])
+    single, train_loss = single_run(0, batch_norm, optimizers.AdamW, dict(lr=1e-3, weight_decay=1e-2), 1.0, data)
+    assert_close_state(nets[0], single)
+    assert rows[0]["train_loss"] == pytest.approx(train_loss, rel=1e-4)
+    assert not opts[1].state, "a stopped member took an optimizer step"
+    for name, value in nets[1].state_dict().items():
+        if name.endswith("num_batches_tracked") or "running" in name:
+            continue  # its forward still runs; only its weights are frozen
+        assert torch.equal(value.isnan(), before[name].isnan()), name
+
+
+def test_grouping_keeps_only_shareable_runs_together():
+    base = OmegaConf.create({"seed": 0, "loss_multiplier": 1.0, "optimizer": {"name": "adamw", "lr": 1e-3},
+                             "model": {"depth": 20, "batch_norm": False}, "trainer": {"epochs": 3}})
+
+    def cfg(**changes):
+        c = base.copy()
+        for key, value in changes.items():
+            OmegaConf.update(c, key, value)
+        return c
+
+    cfgs = [cfg(), cfg(**{"optimizer.name": "adamp", "optimizer.lr": 1e-2}), cfg(loss_multiplier=100.0),
+            cfg(**{"model.batch_norm": True}), cfg(seed=1), cfg(**{"trainer.epochs": 4})]
+    shared = group_into_packs([pack_key(c, "shared") for c in cfgs], None)
+    assert shared == [[0, 1, 2], [3], [4], [5]]
+    own = group_into_packs([pack_key(c, "own") for c in cfgs], None)
+    assert own == [[0, 1, 2, 4], [3], [5]]
+    assert group_into_packs([pack_key(c, "own") for c in cfgs], 2) == [[0, 1], [2, 4], [3], [5]]
+
+
+# ---------------------------------------------------------------- the pack trainer (train_pack)
+
+TINY = ["data=synthetic", "data.train_size=64", "data.test_size=32", "trainer.batch_size=16", "logger=none",
+        "trainer.device=cpu"]
+
+
+def member(tmp_path: Path, *overrides: str) -> PackMember:
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=[*TINY, *overrides])
+    name = ",".join(overrides)
+    return PackMember(cfg, tmp_path / "runs" / name, name)
+
+
+def tiny_pack(tmp_path: Path, epochs: int) -> list[PackMember]:
+    return [member(tmp_path, f"trainer.epochs={epochs}", "optimizer=adamw", "optimizer.lr=1e-3"),
+            member(tmp_path, f"trainer.epochs={epochs}", "optimizer=adamp", "optimizer.lr=2e-3",
+                   "loss_multiplier=100")]
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:  # timings differ between any two runs
+        del row["epoch_time_s"], row["images_per_s"]
+    return rows
+
+
+def test_an_interrupted_pack_resumes_bit_for_bit(tmp_path, monkeypatch):
+    straight = tiny_pack(tmp_path / "straight", epochs=2)
+    train_pack(straight, tmp_path / "straight" / "pack")
+
+    resumed = tiny_pack(tmp_path / "resumed", epochs=2)
+    pack_dir = tmp_path / "resumed" / "pack"
+    real_save = run_files.save_checkpoint
+
+    def save_then_interrupt(path, state):
+        real_save(path, state)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_files, "save_checkpoint", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train_pack(resumed, pack_dir)
+    monkeypatch.undo()
+    for m in resumed:
+        s = json.loads((m.run_dir / "summary.json").read_text())
+        assert s["status"] == "interrupted" and s["epochs_completed"] == 1
+    summaries = train_pack(resumed, pack_dir)
+
+    assert [s["status"] for s in summaries] == ["finished", "finished"]
+    for a, b in zip(straight, resumed):
+        assert metrics(a.run_dir) == metrics(b.run_dir)
+        assert len(metrics(b.run_dir)) == 2
+    want = torch.load(tmp_path / "straight" / "pack" / "checkpoint.pt", weights_only=True)
+    got = torch.load(pack_dir / "checkpoint.pt", weights_only=True)
+    for kind in ("params", "buffers"):
+        for name, tensor in want["model"][kind].items():
+            assert torch.equal(tensor, got["model"][kind][name]), name
+    assert got["optimizers"][1]["state"][0]["step"] == want["optimizers"][1]["state"][0]["step"] == 8.0
+
+
+def test_a_corrupt_pack_checkpoint_is_a_clear_error(tmp_path):
+    members = tiny_pack(tmp_path, epochs=1)
+    pack_dir = tmp_path / "pack"
+    pack_dir.mkdir()
+    (pack_dir / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt.*move it away"):
+        train_pack(members, pack_dir)
+    assert not any(m.run_dir.exists() for m in members), "nothing may be written before the checkpoint is read"
+
+
+# ---------------------------------------------------------------- the real command line
+
+GRID = ["-m", "data=synthetic", "data.train_size=64", "data.test_size=32", "trainer.batch_size=16",
+        "trainer.epochs=1", "logger=none", "optimizer=adamw,sgd", "optimizer.lr=1e-3,1e5"]
+
+
+def run_files_of(run_dir: Path) -> set[str]:
+    return {str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file()}
+
+
+def keys_of(d: dict, prefix: str = "") -> set[str]:
+    out = set()
+    for k, v in d.items():
+        out.add(prefix + k)
+        if isinstance(v, dict):
+            out |= keys_of(v, prefix + k + ".")
+    return out
+
+
+def test_a_packed_sweep_writes_what_single_runs_write(tmp_path):
+    single, packed = tmp_path / "single", tmp_path / "packed"
+    run_cli([*GRID, "launcher=local", f"hydra.sweep.dir={single}"])
+    proc = run_cli([*GRID, "launcher=packed", f"hydra.sweep.dir={packed}"])
+    runs = sorted(p.parent.name for p in single.glob("*/summary.json"))
+    assert len(runs) == 4 and sorted(p.parent.name for p in packed.glob("*/summary.json")) == runs
+    assert len(list((packed / ".packs").glob("pack-*/checkpoint.pt"))) == 1, proc.stdout[-2000:]
+
+    status = {}
+    for name in runs:
+        a, b = single / name, packed / name
+        # Single runs keep checkpoint.pt in the run folder; a pack keeps one checkpoint in .packs/.
+        assert run_files_of(a) - {"checkpoint.pt"} == run_files_of(b)
+        assert (a / ".hydra" / "config.yaml").read_text() == (b / ".hydra" / "config.yaml").read_text()
+        assert (a / "config.yaml").read_text() == (b / "config.yaml").read_text()
+        sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
+        assert keys_of(sa) == keys_of(sb)
+        assert sb["run_dir"] == str(b) and sb["run_name"] == name == sa["run_name"]
+        assert sb["hparams"] == sa["hparams"]
+        with open(a / "metrics.csv") as fa, open(b / "metrics.csv") as fb:
+            ra, rb = list(csv.DictReader(fa)), list(csv.DictReader(fb))
+        assert list(ra[0]) == list(rb[0])
+        status[name] = sb["status"]
+        if sb["status"] == "finished":
+            # Same init, same batches, same optimizer: the packed member is its single run.
+            assert sa["status"] == "finished"
+            assert float(rb[0]["train_loss"]) == pytest.approx(float(ra[0]["train_loss"]), rel=1e-4)
+            assert float(rb[0]["model_norm"]) == pytest.approx(float(ra[0]["model_norm"]), rel=1e-4)
+        assert "epoch 1/1" in (b / "train.log").read_text()
+
+    def status_of(opt, lr):
+        return next(s for n, s in status.items() if f"optimizer={opt}" in n and f"optimizer.lr={lr}" in n)
+
+    assert status_of("sgd", "100000.0") == "diverged"
+    assert status_of("sgd", "0.001") == status_of("adamw", "0.001") == "finished"
+    diverged = json.loads((packed / next(n for n in runs if "100000.0,optimizer=sgd" in n) / "summary.json")
+                          .read_text())
+    assert diverged["diverged_epoch"] == 1 and diverged["error"] is None
+
+    # Re-launching skips every run that is done and rewrites nothing.
+    before = {p: p.read_bytes() for p in packed.glob("*/metrics.csv")}
+    again = run_cli([*GRID, "launcher=packed", f"hydra.sweep.dir={packed}"])
+    log = again.stdout + again.stderr
+    for done in ("finished", "diverged"):
+        assert log.count(f"already {done}") == list(status.values()).count(done), log[-3000:]
+    assert before == {p: p.read_bytes() for p in packed.glob("*/metrics.csv")}
