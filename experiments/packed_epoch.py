@@ -12,6 +12,11 @@ from tqdm.auto import tqdm
 from experiments.packed_models import ModelPack, member_cross_entropy
 
 
+def _loss_precision(logits: torch.Tensor) -> torch.Tensor:
+    """Half-precision logits go up to float32 for the loss, as in epoch.py; float64 stays float64."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
 def train_packed_epoch(pack: ModelPack, loader, optimizers: list, schedulers: list, *,
                        loss_multipliers: list[float], active: list[bool],
                        autocast: AbstractContextManager = nullcontext(), progress: bool = False,
@@ -26,8 +31,9 @@ def train_packed_epoch(pack: ModelPack, loader, optimizers: list, schedulers: li
     """
     pack.train()
     size = pack.size
-    device = next(iter(pack.params.values())).device
-    multipliers = torch.tensor(loss_multipliers, device=device, dtype=torch.float32)
+    first = next(iter(pack.params.values()))
+    device = first.device
+    multipliers = torch.tensor(loss_multipliers, device=device, dtype=torch.promote_types(first.dtype, torch.float32))
     mask = torch.tensor(active, device=device)
     stepping = [k for k in range(size) if active[k]]
     loss_sum = torch.zeros(size, device=device, dtype=torch.float64)
@@ -38,7 +44,7 @@ def train_packed_epoch(pack: ModelPack, loader, optimizers: list, schedulers: li
     for x, y in tqdm(loader, desc=desc, disable=not progress, leave=False, file=sys.stderr):
         with autocast:
             logits = pack(x)
-            losses = member_cross_entropy(logits.float(), y)
+            losses = member_cross_entropy(_loss_precision(logits), y)
         pack.zero_grad()
         total = torch.where(mask, losses * multipliers, torch.zeros_like(losses)).sum()
         total.backward()
@@ -75,7 +81,7 @@ def evaluate_packed(pack: ModelPack, loader, *,
     for x, y in loader:
         with autocast:
             logits = pack(x)
-        loss_sum += member_cross_entropy(logits.float(), y, reduction="sum")
+        loss_sum += member_cross_entropy(_loss_precision(logits), y, reduction="sum")
         correct += (logits.argmax(-1) == y).sum(-1)
         seen += y.shape[0]
     test_loss = (loss_sum / max(seen, 1)).tolist()

@@ -14,7 +14,7 @@ def sgd_update(ops, params, grads, momentum_buffers, *, lr: float, momentum: flo
     """Heavy-ball step on tensors (PER_TENSOR) or lists (FOREACH), in torch.optim.SGD's op order."""
     if wd != 0:
         if decoupled:
-            ops.mul_(params, 1 - group_lr * wd) if False else ops.mul_(params, 1 - eta * wd * 1.01)
+            ops.mul_(params, 1 - eta * wd)
         else:
             grads = ops.add(grads, params, alpha=wd)
     if momentum != 0:
