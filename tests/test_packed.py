@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -28,23 +29,25 @@ MEMBERS = [
     (optimizers.SGD, dict(lr=0.05, weight_decay=5e-4, momentum=0.9), 0.5),
 ]
 COSINE = OmegaConf.create({"name": "cosine", "warmup_epochs": 0, "min_factor": 0.1})
-STEPS, BATCH, DEPTH = 20, 8, 8  # ResNet8 has every block type of ResNet20 at a third of the cost
+# ResNet8 on 16x16 images: every block type of ResNet20 (BN, stride-2 option-A shortcuts) at a
+# tenth of the cost; the model is fully convolutional, so smaller images change nothing else.
+STEPS, BATCH, DEPTH, SIZE = 20, 8, 8, 16
 
 
-def batches(steps: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def batches(steps: int, seed: int = 0, dtype=torch.float32) -> list[tuple[torch.Tensor, torch.Tensor]]:
     g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(BATCH, 3, 32, 32, generator=g), torch.randint(0, 10, (BATCH,), generator=g))
+    return [(torch.randn(BATCH, 3, SIZE, SIZE, generator=g, dtype=dtype), torch.randint(0, 10, (BATCH,), generator=g))
             for _ in range(steps)]
 
 
-def build(seed: int, batch_norm: bool) -> torch.nn.Module:
+def build(seed: int, batch_norm: bool, dtype=torch.float32) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return models.build_model(DEPTH, batch_norm, 10)
+    return models.build_model(DEPTH, batch_norm, 10).to(dtype)
 
 
 def single_run(seed, batch_norm, cls, kwargs, c, data):
     """The plain per-model loop: forward, c * CE backward, the same optimizer class and schedule."""
-    model = build(seed, batch_norm)
+    model = build(seed, batch_norm, data[0][0].dtype)
     opt = cls(optimizers.param_groups(model, kwargs["weight_decay"]), **kwargs)
     sched = build_scheduler(opt, COSINE, len(data), 1)
     model.train()
@@ -60,7 +63,7 @@ def single_run(seed, batch_norm, cls, kwargs, c, data):
 
 
 def packed_run(seeds, batch_norm, members, data, active=None):
-    nets = [build(seed, batch_norm) for seed in seeds]
+    nets = [build(seed, batch_norm, data[0][0].dtype) for seed in seeds]
     pack = ModelPack(nets)
     opts = [cls(optimizers.param_groups(net, kw["weight_decay"]), **kw) for net, (cls, kw, _) in zip(nets, members)]
     scheds = [build_scheduler(o, COSINE, len(data), 1) for o in opts]
@@ -69,27 +72,39 @@ def packed_run(seeds, batch_norm, members, data, active=None):
     return pack, rows
 
 
-def assert_close_state(packed: torch.nn.Module, single: torch.nn.Module, rtol: float = 1e-4) -> None:
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return (torch.linalg.vector_norm(got - want) / torch.linalg.vector_norm(want).clamp_min(1e-30)).item()
+
+
+def state_errors(packed: torch.nn.Module, single: torch.nn.Module) -> dict[str, float]:
+    """Relative error per tensor; num_batches_tracked must match exactly."""
     got, want = packed.state_dict(), single.state_dict()
     assert got.keys() == want.keys()
+    errors = {}
     for name, w in want.items():
-        g = got[name]
-        if not w.is_floating_point():  # num_batches_tracked
-            assert torch.equal(g, w), name
-            continue
-        err = torch.linalg.vector_norm(g - w) / torch.linalg.vector_norm(w).clamp_min(1e-12)
-        assert err <= rtol, f"{name}: relative error {err:.2e}"
+        if w.is_floating_point():
+            errors[name] = relative_error(got[name], w)
+        else:
+            assert torch.equal(got[name], w), name
+    return errors
+
+
+def flat(module: torch.nn.Module, buffers: bool) -> torch.Tensor:
+    tensors = module.buffers() if buffers else module.parameters()
+    return torch.cat([t.detach().reshape(-1).double() for t in tensors if t.is_floating_point()])
 
 
 @pytest.mark.parametrize("batch_norm", [False, True], ids=["bn_off", "bn_on"])
-def test_members_match_their_single_runs(batch_norm):
-    data = batches(STEPS)
+def test_members_match_their_single_runs_in_float64(batch_norm):
+    """In float64 rounding is invisible, so every tensor must agree: the packed step is the single step."""
+    data = batches(STEPS, dtype=torch.float64)
     seeds = [0, 1, 2]
     pack, rows = packed_run(seeds, batch_norm, MEMBERS, data)
     for k, (seed, (cls, kwargs, c)) in enumerate(zip(seeds, MEMBERS)):
         single, train_loss = single_run(seed, batch_norm, cls, kwargs, c, data)
-        assert_close_state(pack.members[k], single)
-        assert rows[k]["train_loss"] == pytest.approx(train_loss, rel=1e-4)
+        worst = max(state_errors(pack.members[k], single).items(), key=lambda kv: kv[1])
+        assert worst[1] <= 1e-10, f"member {k} ({cls.__name__}): {worst}"
+        assert rows[k]["train_loss"] == pytest.approx(train_loss, rel=1e-12)
     if batch_norm:
         assert (pack.buffers["bn1.num_batches_tracked"] == STEPS).all()
     # The members really trained apart: different weights, all moved from their init.
@@ -98,25 +113,42 @@ def test_members_match_their_single_runs(batch_norm):
 
 
 @pytest.mark.parametrize("batch_norm", [False, True], ids=["bn_off", "bn_on"])
+def test_members_match_their_single_runs_in_float32(batch_norm):
+    """fp32 tolerance on each member's parameters and BN buffers taken as a whole.
+
+    Per tensor, near-zero BN biases amplify rounding: a single fp32 run and the same run in fp64
+    already differ by up to ~5e-3 on one of them after 20 steps, so only whole-model errors are stable.
+    """
+    data = batches(STEPS)
+    seeds = [0, 1, 2]
+    pack, rows = packed_run(seeds, batch_norm, MEMBERS, data)
+    for k, (seed, (cls, kwargs, c)) in enumerate(zip(seeds, MEMBERS)):
+        single, train_loss = single_run(seed, batch_norm, cls, kwargs, c, data)
+        state_errors(pack.members[k], single)
+        assert relative_error(flat(pack.members[k], False), flat(single, False)) <= 1e-4, k
+        if batch_norm:
+            assert relative_error(flat(pack.members[k], True), flat(single, True)) <= 1e-4, k
+        assert rows[k]["train_loss"] == pytest.approx(train_loss, rel=1e-4)
+        assert rows[k]["grad_norm"] > 0
+
+
+@pytest.mark.parametrize("batch_norm", [False, True], ids=["bn_off", "bn_on"])
 def test_a_stopped_nan_member_neither_steps_nor_leaks(batch_norm):
-    data = batches(5, seed=1)
-    nets = [build(0, batch_norm), build(1, batch_norm)]
+    data = batches(5, seed=1, dtype=torch.float64)
+    nets = [build(0, batch_norm, torch.float64), build(1, batch_norm, torch.float64)]
     pack = ModelPack(nets)
     with torch.no_grad():
         for p in nets[1].parameters():
             p.fill_(float("nan"))
-    before = {k: v.clone() for k, v in nets[1].state_dict().items()}
     opts = [optimizers.AdamW(optimizers.param_groups(n, 1e-2), lr=1e-3, weight_decay=1e-2) for n in nets]
     scheds = [build_scheduler(o, COSINE, len(data), 1) for o in opts]
     rows = train_packed_epoch(pack, data, opts, scheds, loss_multipliers=[1.0, 1.0], active=[True, False])
+    assert math.isnan(rows[1]["train_loss"]), "the stopped member's forward should still see its NaN weights"
     single, train_loss = single_run(0, batch_norm, optimizers.AdamW, dict(lr=1e-3, weight_decay=1e-2), 1.0, data)
-    assert_close_state(nets[0], single)
-    assert rows[0]["train_loss"] == pytest.approx(train_loss, rel=1e-4)
+    assert max(state_errors(nets[0], single).values()) <= 1e-10
+    assert rows[0]["train_loss"] == pytest.approx(train_loss, rel=1e-12)
     assert not opts[1].state, "a stopped member took an optimizer step"
-    for name, value in nets[1].state_dict().items():
-        if name.endswith("num_batches_tracked") or "running" in name:
-            continue  # its forward still runs; only its weights are frozen
-        assert torch.equal(value.isnan(), before[name].isnan()), name
+    assert scheds[1].last_epoch == 0 and scheds[0].last_epoch == len(data)
 
 
 def test_grouping_keeps_only_shareable_runs_together():
