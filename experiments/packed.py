@@ -7,10 +7,14 @@ metrics.csv, summary.json from trainer.summarize, a W&B run); the pack itself ke
 checkpoint and a pack.json in its pack folder. `launcher=packed` (configs/launcher/packed.yaml)
 reaches this from a Hydra sweep.
 
-Init (`packed_init`): "shared" puts only runs with the same seed in one pack, so every member
-starts from the same weights and sees the same data order as its single run. "own" lets seeds
-differ inside a pack: each member initialises from its own seed, as its single run would, and
-the data order follows the pack seed (the first member's seed).
+Init (`packed_init`): "shared" packs only runs with the same seed, so all members start from the
+same weights and each sees the data order of its single run. "own" lets seeds differ inside a
+pack: each member initialises from its own seed, as its single run would, but the data order is
+the pack seed's (the first member's seed), so members with another seed differ from their single
+runs in data order only.
+
+Throughput: a member's images_per_s (metrics.csv) is the rate of the shared batches, i.e. that
+member's own throughput; the pack's aggregate (that times the models trained) is in pack.json.
 
 W&B: one run per member, logged with its whole history once the member's pack ends (W&B holds
 one live run per process at a time); an interrupted pack logs nothing until it is resumed.
@@ -28,11 +32,11 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from experiments import run_files
+from experiments import run_files, run_info
 from experiments.builders import build_model, build_optimizer, load_data, pick_device, setup_precision
 from experiments.config_checks import ConfigError, check_config
 from experiments.packed_epoch import evaluate_packed, train_packed_epoch
-from experiments.packed_models import ModelPack
+from experiments.packed_models import ROUTES, ModelPack, default_route
 from experiments.schedules import build_scheduler
 from experiments.trainer import DONE_STATUSES, METRIC_COLUMNS, is_finite, make_loaders, summarize
 from experiments.wandb_run import start_wandb
@@ -53,7 +57,9 @@ class PackMember:
     run_name: str
 
 
-def check_pack_options(packed_init: str, pack_size: int | None) -> None:
+def check_pack_options(packed_init: str, pack_size: int | None, route: str = "auto") -> None:
+    if route != "auto" and route not in ROUTES:
+        raise ValueError(f"route must be auto, vmap or loop (got {route!r}); e.g. hydra.launcher.route=auto")
     if packed_init not in PACKED_INITS:
         raise ValueError(f"packed_init must be shared or own (got {packed_init!r}); e.g. "
                          "hydra.launcher.packed_init=shared")
@@ -100,17 +106,17 @@ def _members_to_train(members: list[PackMember], summaries: list[dict | None], c
     missing = [name for name in saved if name not in names]
     left_out = [m.run_name for m, s in zip(members, summaries) if not _done(s) and m.run_name not in saved]
     if missing or left_out:
-        raise ValueError(f"pack checkpoint {ckpt_path} was written for another set of runs "
-                         f"({', '.join(missing or left_out)} differs); move it away to restart this pack")
+        raise ValueError(f"pack checkpoint {ckpt_path} was written for another set of runs (it "
+                         f"{'holds ' + missing[0] if missing else 'lacks ' + left_out[0]}); move it away to restart "
+                         "this pack, or re-launch with the grid and pack_size it was written with")
     return [names.index(name) for name in saved]
 
 
 def _check_shareable(cfgs: list[DictConfig], packed_init: str) -> None:
     keys = [pack_key(cfg, packed_init) for cfg in cfgs]
     if len(set(keys)) > 1:
-        raise ValueError("runs in one pack must share everything but optimizer, loss_multiplier"
-                         f"{' and seed' if packed_init == 'own' else ''}; group them with "
-                         "experiments.packed.group_into_packs")
+        raise ValueError("runs in one pack must share everything but optimizer and loss_multiplier (and seed with "
+                         "packed_init=own); group them with experiments.packed.group_into_packs")
 
 
 class _Member:
@@ -134,20 +140,23 @@ class _Member:
                          error=error, diverged_epoch=self.diverged_epoch)
 
 
-def train_pack(members: list[PackMember], pack_dir: str | Path, *, packed_init: str = "shared",
+def train_pack(members: list[PackMember], pack_dir: str | Path, *, packed_init: str = "shared", route: str = "auto",
                base_dir: str | None = None) -> list[dict | None]:
     """Trains the members that are not finished or diverged, resuming from the pack checkpoint.
 
+    route: vmap, loop or auto (vmap on CUDA, loop elsewhere; see experiments/packed_models.py).
     Returns each member's summary (the one already on disk for members that were done, None
     for a member whose config check failed: its summary records the failure).
     """
-    check_pack_options(packed_init, None)
+    check_pack_options(packed_init, None, route)
     pack_dir = Path(pack_dir)
     summaries = [run_files.read_json(m.run_dir / "summary.json") for m in members]
     for m, summary in zip(members, summaries):
         if _done(summary):
             log.info("%s: already %s, skipping (delete %s to run it again)", m.run_name, summary["status"],
                      m.run_dir, extra={"pack_member": str(m.run_dir)})
+    if all(_done(summary) for summary in summaries):
+        return summaries
     ckpt_path = pack_dir / "checkpoint.pt"
     # Read before anything is written, so a damaged checkpoint never leads to training over good results.
     checkpoint = run_files.load_checkpoint(ckpt_path) if ckpt_path.exists() else None
@@ -160,7 +169,8 @@ def train_pack(members: list[PackMember], pack_dir: str | Path, *, packed_init: 
     if not indices:
         return summaries
     trained = [_Member(members[k]) for k in indices]
-    _train(trained, pack_dir, ckpt_path, checkpoint, packed_init, base_dir)
+    run_info.git_commit()  # pin the commit before training starts, as train_run does
+    _train(trained, pack_dir, ckpt_path, checkpoint, packed_init, route, base_dir)
     for k, member in zip(indices, trained):
         summaries[k] = run_files.read_json(member.spec.run_dir / "summary.json")
     return summaries
@@ -171,17 +181,17 @@ def _config_ok(member: PackMember, summaries: list, k: int) -> bool:
         check_config(member.cfg)
         return True
     except ConfigError as exc:
-        from experiments.train import _one_line, _record_failure  # as a single run's sweep records it
+        from experiments.trainer import one_line, record_failure  # as a single run's sweep records it
 
-        message = _one_line(exc)
-        _record_failure(member.cfg, member.run_dir, member.run_name, message)
+        message = one_line(exc)
+        record_failure(member.cfg, member.run_dir, member.run_name, message)
         log.error("%s failed: %s", member.run_name, message, extra={"pack_member": str(member.run_dir)})
         summaries[k] = None
         return False
 
 
 def _train(trained: list[_Member], pack_dir: Path, ckpt_path: Path, checkpoint: dict | None, packed_init: str,
-           base_dir: str | None) -> None:
+           route: str, base_dir: str | None) -> None:
     cfgs = [m.spec.cfg for m in trained]
     _check_shareable(cfgs, packed_init)
     lead = cfgs[0]
@@ -189,13 +199,15 @@ def _train(trained: list[_Member], pack_dir: Path, ckpt_path: Path, checkpoint: 
     device = pick_device(lead.trainer.device)
     autocast = setup_precision(lead.trainer.precision, device)
     if lead.trainer.compile:
-        log.warning("trainer.compile is not used by packed training (the vmapped pack runs eagerly)")
+        log.warning("trainer.compile is ignored by packed training: packs run eagerly")
     dataset = load_data(lead, base_dir)
     models = []
     for cfg in cfgs:
-        torch.manual_seed(int(cfg.seed) if packed_init == "own" else pack_seed)
+        # As train_run does; under packed_init=shared every member has the pack seed.
+        torch.manual_seed(int(cfg.seed))
         models.append(build_model(cfg, len(dataset.classes), device))
-    pack = ModelPack(models)
+    route = default_route(device) if route == "auto" else route
+    pack = ModelPack(models, route=route)
     optimizers = [build_optimizer(cfg.optimizer, model) for cfg, model in zip(cfgs, models)]
     train_loader, test_loader = make_loaders(lead, dataset, device)
     epochs = int(lead.trainer.epochs)
@@ -220,12 +232,12 @@ def _train(trained: list[_Member], pack_dir: Path, ckpt_path: Path, checkpoint: 
         run_files.atomic_write_text(member.spec.run_dir / "config.yaml", OmegaConf.to_yaml(member.spec.cfg,
                                                                                            resolve=True))
     info = {"members": [m.spec.run_name for m in trained], "run_dirs": [str(m.spec.run_dir) for m in trained],
-            "size": len(trained), "packed_init": packed_init, "pack_seed": pack_seed, "loader_seed": pack_seed,
-            "init_seeds": [int(c.seed) if packed_init == "own" else pack_seed for c in cfgs],
-            "device": str(device), "throughput": throughput}
+            "size": len(trained), "route": route, "packed_init": packed_init, "pack_seed": pack_seed,
+            "loader_seed": pack_seed, "init_seeds": [int(c.seed) for c in cfgs], "device": str(device),
+            "throughput": throughput}
     run_files.write_json(pack_dir / "pack.json", info)
-    log.info("pack %s: %d runs on %s (%s init): %s", pack_dir.name, len(trained), device, packed_init,
-             ", ".join(info["members"]))
+    log.info("pack %s: training %d runs on %s (route=%s, packed_init=%s); members in %s", pack_dir.name,
+             len(trained), device, route, packed_init, pack_dir / "pack.json")
 
     tr = lead.trainer
     progress = tr.progress == "auto" and sys.stderr.isatty() or tr.progress is True
@@ -265,10 +277,11 @@ def _train(trained: list[_Member], pack_dir: Path, ckpt_path: Path, checkpoint: 
                     member.status, member.diverged_epoch, member.end_wall = "diverged", epoch, wall()
                     log.warning("%s diverged at epoch %d (non-finite loss or weights); stopping this run, the "
                                 "rest of its pack goes on", member.spec.run_name, epoch, extra=member.extra)
+            # images_per_s: the shared batches' rate, which every member's metrics.csv reports as its own.
             images_per_s = train_rows[0]["images_per_s"]
             throughput.append({"epoch": epoch, "epoch_time_s": train_rows[0]["epoch_time_s"],
                                "models_trained": sum(active), "images_per_s": images_per_s,
-                               "model_images_per_s": images_per_s * len(trained)})
+                               "model_images_per_s": images_per_s * sum(active)})
             run_files.write_json(pack_dir / "pack.json", info)
             if tr.checkpoint:
                 run_files.save_checkpoint(ckpt_path, {

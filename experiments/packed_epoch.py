@@ -7,6 +7,7 @@ import time
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from experiments.packed_models import ModelPack, member_cross_entropy
@@ -17,15 +18,40 @@ def _loss_precision(logits: torch.Tensor) -> torch.Tensor:
     return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
 
+def _vmap_step(pack: ModelPack, x, y, multipliers, mask, autocast) -> tuple[torch.Tensor, torch.Tensor]:
+    with autocast:
+        logits = pack(x)
+        losses = member_cross_entropy(_loss_precision(logits), y)
+    # A stopped member's loss may be NaN: torch.where keeps it out of the sum (and out of every
+    # other member's gradient, which never depends on it anyway: slices are independent).
+    torch.where(mask, losses * multipliers, torch.zeros_like(losses)).sum().backward()
+    return losses.detach(), (logits.detach().argmax(-1) == y).sum(-1)
+
+
+def _loop_step(pack: ModelPack, x, y, loss_multipliers, active, autocast) -> tuple[torch.Tensor, torch.Tensor]:
+    losses, correct = [], []
+    for member, c, on in zip(pack.members, loss_multipliers, active):
+        if not on:  # a stopped member does no work; its metrics are not recorded
+            losses.append(torch.full((), float("nan"), device=y.device, dtype=torch.float64))
+            correct.append(torch.zeros((), device=y.device, dtype=torch.int64))
+            continue
+        with autocast:
+            logits = member(x)
+            loss = F.cross_entropy(_loss_precision(logits), y)
+        (loss * c if c != 1 else loss).backward()
+        losses.append(loss.detach().double())
+        correct.append((logits.detach().argmax(1) == y).sum())
+    return torch.stack(losses), torch.stack(correct)
+
+
 def train_packed_epoch(pack: ModelPack, loader, optimizers: list, schedulers: list, *,
                        loss_multipliers: list[float], active: list[bool],
                        autocast: AbstractContextManager = nullcontext(), progress: bool = False,
                        desc: str = "") -> list[dict[str, float]]:
     """Trains every active member on each batch of `loader`; inactive members take no step.
 
-    One backward of sum_k c_k * CE_k gives each member the gradient of its own c_k * CE_k in its
-    own slice. Inactive (diverged) members are masked out of the sum with torch.where, so a NaN
-    loss of theirs never enters it; their gradient slices may hold NaN, which no one reads.
+    vmap route: one backward of sum_k c_k * CE_k gives each member the gradient of its own
+    c_k * CE_k in its own slice. loop route: each active member's forward and backward in turn.
     Returns one dict per member, with train_epoch's keys (images_per_s = images of the shared
     batches per second, i.e. each member's own throughput; the pack's aggregate is K times it).
     """
@@ -42,17 +68,16 @@ def train_packed_epoch(pack: ModelPack, loader, optimizers: list, schedulers: li
     seen = steps = 0
     start = time.perf_counter()
     for x, y in tqdm(loader, desc=desc, disable=not progress, leave=False, file=sys.stderr):
-        with autocast:
-            logits = pack(x)
-            losses = member_cross_entropy(_loss_precision(logits), y)
         pack.zero_grad()
-        total = torch.where(mask, losses * multipliers, torch.zeros_like(losses)).sum()
-        total.backward()
+        if pack.route == "vmap":
+            losses, hits = _vmap_step(pack, x, y, multipliers, mask, autocast)
+        else:
+            losses, hits = _loop_step(pack, x, y, loss_multipliers, active, autocast)
         with torch.no_grad():
             # Gradient norm of the plain loss: the c*loss gradient divided by c.
             grad_norm_sum += pack.grad_norms() / multipliers
-            loss_sum += losses.detach() * y.shape[0]
-            correct += (logits.argmax(-1) == y).sum(-1)
+            loss_sum += losses * y.shape[0]
+            correct += hits
         for k in stepping:
             optimizers[k].step()
             schedulers[k].step()
@@ -79,10 +104,17 @@ def evaluate_packed(pack: ModelPack, loader, *,
     correct = torch.zeros(size, device=device, dtype=torch.int64)
     seen = 0
     for x, y in loader:
-        with autocast:
-            logits = pack(x)
-        loss_sum += member_cross_entropy(_loss_precision(logits), y, reduction="sum")
-        correct += (logits.argmax(-1) == y).sum(-1)
+        if pack.route == "vmap":
+            with autocast:
+                logits = pack(x)
+            loss_sum += member_cross_entropy(_loss_precision(logits), y, reduction="sum")
+            correct += (logits.argmax(-1) == y).sum(-1)
+        else:  # epoch.evaluate's own ops, member by member
+            for k, member in enumerate(pack.members):
+                with autocast:
+                    logits = member(x)
+                loss_sum[k] += F.cross_entropy(_loss_precision(logits), y, reduction="sum")
+                correct[k] += (logits.argmax(1) == y).sum()
         seen += y.shape[0]
     test_loss = (loss_sum / max(seen, 1)).tolist()
     test_acc = (correct.double() / max(seen, 1)).tolist()

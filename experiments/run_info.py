@@ -1,6 +1,7 @@
 """What a run's summary records about where and how it ran."""
 from __future__ import annotations
 
+import functools
 import platform
 import socket
 import subprocess
@@ -23,8 +24,12 @@ def versions() -> dict[str, str | None]:
     return found
 
 
+@functools.cache
 def git_commit() -> str | None:
-    """HEAD of the repo, with '-dirty' when the work tree has uncommitted changes."""
+    """HEAD of the repo when this process first asked, with '-dirty' for uncommitted changes.
+
+    Cached, so that a long sweep reports the code it started with, not a later HEAD.
+    """
     try:
         head = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True,
                               text=True, timeout=10, check=True).stdout.strip()

@@ -11,8 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from experiments import run_files
-from experiments.trainer import DONE_STATUSES, summarize, train_run
+from experiments.trainer import one_line, record_failure, train_run
 
 log = logging.getLogger("experiments.train")
 
@@ -26,25 +25,6 @@ if _PLUGINS not in sys.path:
 OmegaConf.register_new_resolver("run_dirname", lambda overrides: overrides or "default", replace=True)
 
 
-def _one_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}".splitlines()[0]
-
-
-def _record_failure(cfg: DictConfig, run_dir: Path, run_name: str, message: str) -> None:
-    """Marks the run failed, keeping whatever its summary already recorded."""
-    path = run_dir / "summary.json"
-    summary = run_files.read_json(path)
-    if summary is None:
-        try:
-            summary = summarize(cfg, run_dir, run_name, [], "failed", wall_time_s=0.0, device="")
-        except Exception:  # the config itself may be what failed
-            summary = {"run_dir": str(run_dir), "run_name": run_name}
-    if summary.get("status") in DONE_STATUSES:
-        return
-    summary.update(status="failed", error=message)
-    run_files.write_json(path, summary)
-
-
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
@@ -56,9 +36,9 @@ def main(cfg: DictConfig) -> float | None:
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # one failing run must never take down a sweep
-        message = _one_line(exc)
+        message = one_line(exc)
         log.debug("traceback:\n%s", traceback.format_exc())
-        _record_failure(cfg, run_dir, run_name, message)
+        record_failure(cfg, run_dir, run_name, message)
         log.error("%s failed: %s", run_name, message)
         if not multirun:
             print(f"error: {message}", file=sys.stderr)

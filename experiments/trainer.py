@@ -74,6 +74,7 @@ def train_run(cfg: DictConfig, run_dir: str | Path, run_name: str = "default", b
         log.info("%s: already %s, skipping (delete %s to run it again)", run_name, previous["status"], run_dir)
         return previous
     check_config(cfg)
+    run_info.git_commit()  # pin the commit before training starts
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / "checkpoint.pt"
     # Read before anything is written, so a damaged checkpoint never leads to training over good results.
@@ -150,3 +151,23 @@ def train_run(cfg: DictConfig, run_dir: str | Path, run_name: str = "default", b
             wandb_run.summary.update({"status": status, **{f"final/{k}": v for k, v in summary["final"].items()},
                                       "best/test_acc": summary["best"]["test_acc"]})
     return summary
+
+
+def one_line(exc: BaseException) -> str:
+    """The exception as the one line a user sees."""
+    return f"{type(exc).__name__}: {exc}".splitlines()[0]
+
+
+def record_failure(cfg: DictConfig, run_dir: Path, run_name: str, message: str) -> None:
+    """Marks the run failed, keeping whatever its summary already recorded."""
+    path = run_dir / "summary.json"
+    summary = run_files.read_json(path)
+    if summary is None:
+        try:
+            summary = summarize(cfg, run_dir, run_name, [], "failed", wall_time_s=0.0, device="")
+        except Exception:  # the config itself may be what failed
+            summary = {"run_dir": str(run_dir), "run_name": run_name}
+    if summary.get("status") in DONE_STATUSES:
+        return
+    summary.update(status="failed", error=message)
+    run_files.write_json(path, summary)

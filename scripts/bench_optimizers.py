@@ -9,11 +9,8 @@ repeats is reported, so machine-load drift hits all optimizers alike.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,20 +18,17 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a plain script from anywhere
+import models  # noqa: E402
 import optimizers  # noqa: E402
+from experiments import run_files  # noqa: E402
+from experiments.builders import pick_device  # noqa: E402
 
 BASELINE = "torch_adamw"
 
 
-def resnet20_shapes(num_classes: int = 10, n: int = 3) -> list[tuple[int, ...]]:
+def resnet20_shapes(num_classes: int = 10) -> list[tuple[int, ...]]:
     """Parameter shapes of the CIFAR ResNet20 with BatchNorm (59 tensors, 269,722 values)."""
-    shapes: list[tuple[int, ...]] = [(16, 3, 3, 3), (16,), (16,)]
-    in_ch = 16
-    for out_ch in (16, 32, 64):
-        for _ in range(n):
-            shapes += [(out_ch, in_ch, 3, 3), (out_ch,), (out_ch,), (out_ch, out_ch, 3, 3), (out_ch,), (out_ch,)]
-            in_ch = out_ch
-    return shapes + [(num_classes, 64), (num_classes,)]
+    return [tuple(p.shape) for p in models.resnet20(batch_norm=True, num_classes=num_classes).parameters()]
 
 
 def optimizer_factories() -> dict[str, Callable[[list[torch.Tensor]], torch.optim.Optimizer]]:
@@ -97,28 +91,6 @@ def run(device: torch.device, steps: int, repeats: int, warmup: int) -> dict[str
     }
 
 
-def write_json_atomic(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda but no CUDA device is visible; use --device cpu or auto")
-    return torch.device(name)
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -146,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
                "tensors": len(shapes), "values": numel, "steps": args.steps, "repeats": args.repeats,
                "results": results}
     if args.json is not None:
-        write_json_atomic(args.json, payload)
+        run_files.write_json(args.json, payload)
     return payload
 
 

@@ -4,7 +4,7 @@
 
 Writes results/NAME.csv (one row per run) and results/NAME_curves.csv (one row per run and epoch),
 so that figures and notebooks never need the run folders. Importable: `collect_runs`,
-`write_results`, `main(argv)`. A run folder is laid out as in /tmp/design/OUTPUTS.md
+`write_results`, `main(argv)`. A run folder is laid out as in the README's "Run outputs"
 (summary.json, metrics.csv, config.yaml).
 """
 from __future__ import annotations
@@ -14,11 +14,15 @@ import json
 import math
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
+
+_REPO = str(Path(__file__).resolve().parents[1])
+if _REPO not in sys.path:  # run in place as `python scripts/collect.py`, installed or not
+    sys.path.insert(0, _REPO)
+from experiments import run_files  # noqa: E402
 
 HPARAM_COLUMNS = [
     "optimizer", "lr", "weight_decay", "depth", "batch_norm", "dataset", "subset",
@@ -48,29 +52,11 @@ class SkippedRun(ValueError):
     """A run folder that cannot be used; the message says why, in one line."""
 
 
-# ---------------------------------------------------------------- atomic file writes
-
-def publish_temp_file(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
-    """Moves a finished temp file onto path, with the permissions a plain open() would have given."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates files readable by their owner only
-    os.replace(tmp, path)
-
+# ---------------------------------------------------------------- output
 
 def write_csv_atomically(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Writes df to path through a temp file in the same folder, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            df.to_csv(f, index=False)
-        publish_temp_file(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return run_files.atomic_write_text(path, df.to_csv(index=False))
 
 
 def curves_path_for(results_csv: str | os.PathLike) -> Path:
@@ -118,7 +104,7 @@ def _number(value: Any) -> Any:
 
 
 def row_from_summary(summary: dict, run_dir: str) -> dict:
-    """The results row of one run summary (the summary.json layout of OUTPUTS.md)."""
+    """The results row of one run summary (the summary.json layout in the README's "Run outputs")."""
     if not isinstance(summary, dict):
         raise SkippedRun("summary.json does not hold a JSON object")
     missing = [k for k in REQUIRED_SUMMARY_KEYS if k not in summary]

@@ -20,10 +20,10 @@ value as the last line of every cell of the optimizers whose native convention d
 from __future__ import annotations
 
 import argparse
+import io
 import math
 import os
 import sys
-import tempfile
 import textwrap
 from pathlib import Path
 
@@ -39,7 +39,7 @@ _SCRIPTS_DIR = str(Path(__file__).resolve().parent)
 if _SCRIPTS_DIR not in sys.path:  # so that `figures` imports its siblings however it was loaded
     sys.path.insert(0, _SCRIPTS_DIR)
 import figure_lib as lib  # noqa: E402  (sibling module; scripts/ is not a package)
-from collect import curves_path_for, publish_temp_file, write_csv_atomically  # noqa: E402
+from collect import curves_path_for, run_files, write_csv_atomically  # noqa: E402
 
 CMAP = "viridis"
 CAPTION_FONTSIZE = 7
@@ -354,14 +354,9 @@ def save_figure(fig: Figure, out_dir: str | os.PathLike, stem: str) -> list[Path
     written = []
     for fmt in ("png", "pdf"):
         path = out_dir / f"{stem}.{fmt}"
-        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            fig.savefig(tmp, format=fmt, dpi=150)
-            publish_temp_file(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=fmt, dpi=150)
+        run_files.atomic_write_bytes(path, buffer.getvalue())
         written.append(path)
     return written
 

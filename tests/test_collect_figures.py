@@ -125,14 +125,10 @@ def test_csv_write_is_atomic(tmp_path, monkeypatch):
     os.umask(umask)
     assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's owner-only 0600
 
-    def fail_midway(self, buf, *args, **kwargs):
-        if hasattr(buf, "write"):
-            buf.write("a\n")
-        else:
-            Path(buf).write_text("a\n")
+    def disk_full(fd):
         raise OSError("disk full")
 
-    monkeypatch.setattr(pd.DataFrame, "to_csv", fail_midway)
+    monkeypatch.setattr(os, "fsync", disk_full)  # fails after the new bytes went to the temp file
     with pytest.raises(OSError):
         collect.write_csv_atomically(pd.DataFrame({"a": [2]}), out)
     assert out.read_text() == before

@@ -22,11 +22,13 @@ class PackedLauncher(Launcher):
     pack_size: most runs per pack (null: every compatible run of the sweep in one pack).
     packed_init: shared (a pack holds one seed: members start alike, as their single runs) or
     own (seeds mix in a pack; each member starts from its own seed).
+    route: auto (vmap on CUDA, loop elsewhere), vmap or loop (experiments/packed_models.py).
     """
 
-    def __init__(self, pack_size: Optional[int] = None, packed_init: str = "shared") -> None:
+    def __init__(self, pack_size: Optional[int] = None, packed_init: str = "shared", route: str = "auto") -> None:
         self.pack_size = pack_size
         self.packed_init = packed_init
+        self.route = route
         self.config: Optional[DictConfig] = None
         self.task_function: Optional[TaskFunction] = None
         self.hydra_context: Optional[HydraContext] = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -19,10 +20,11 @@ log = logging.getLogger(__name__)
 class _Job:
     """One composed job. (No dataclass: Hydra's plugin scan runs this module outside sys.modules.)"""
 
-    def __init__(self, config: DictConfig, ret: JobReturn, member) -> None:
+    def __init__(self, config: DictConfig, ret: JobReturn, member, error: str | None) -> None:
         self.config = config  # the job's full config, hydra node included
         self.ret = ret
         self.member = member  # experiments.packed.PackMember
+        self.error = error  # why its config cannot be resolved, if it cannot
 
 
 def _compose(launcher, idx: int, overrides: Sequence[str]) -> _Job:
@@ -54,10 +56,15 @@ def _compose(launcher, idx: int, overrides: Sequence[str]) -> _Job:
         _save_config(hydra_cfg, "hydra.yaml", hydra_output)
         _save_config(config.hydra.overrides.task, "overrides.yaml", hydra_output)
     # Resolved now, while this job's HydraConfig is the current one.
-    resolved = copy.deepcopy(task_cfg)
-    OmegaConf.resolve(resolved)
+    resolved, error = copy.deepcopy(task_cfg), None
+    try:
+        OmegaConf.resolve(resolved)
+    except Exception as exc:  # e.g. a missing environment variable: this run fails, the sweep goes on
+        from experiments.trainer import one_line
+
+        resolved, error = task_cfg, one_line(exc)
     run_name = str(hydra_cfg.hydra.job.override_dirname) or "default"
-    return _Job(config=config, ret=ret, member=PackMember(resolved, run_dir, run_name))
+    return _Job(config=config, ret=ret, member=PackMember(resolved, run_dir, run_name), error=error)
 
 
 class _OneMember(logging.Filter):
@@ -108,7 +115,7 @@ def _final_test_acc(summary: dict | None):
 def _run_pack(launcher, jobs: list[_Job], pack_dir: Path) -> None:
     from experiments import run_files
     from experiments.packed import train_pack
-    from experiments.train import _one_line, _record_failure
+    from experiments.trainer import one_line, record_failure
 
     callbacks = launcher.hydra_context.callbacks
     with _pack_logging(jobs, pack_dir):
@@ -118,16 +125,16 @@ def _run_pack(launcher, jobs: list[_Job], pack_dir: Path) -> None:
         members = [job.member for job in jobs]
         try:
             with env_override(dict(jobs[0].config.hydra.job.env_set)):
-                summaries = train_pack(members, pack_dir, packed_init=launcher.packed_init,
+                summaries = train_pack(members, pack_dir, packed_init=launcher.packed_init, route=launcher.route,
                                        base_dir=str(jobs[0].config.hydra.runtime.cwd))
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # one failing pack must never take down the sweep
-            message = _one_line(exc)
+            message = one_line(exc)
             log.debug("pack %s failed", pack_dir.name, exc_info=True)
             log.error("pack %s failed: %s", pack_dir.name, message)
             for m in members:
-                _record_failure(m.cfg, m.run_dir, m.run_name, message)
+                record_failure(m.cfg, m.run_dir, m.run_name, message)
             summaries = [run_files.read_json(m.run_dir / "summary.json") for m in members]
         for job, summary in zip(jobs, summaries):
             job.ret.status = JobStatus.COMPLETED
@@ -138,23 +145,34 @@ def _run_pack(launcher, jobs: list[_Job], pack_dir: Path) -> None:
 
 def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
     from experiments.packed import check_pack_options, group_into_packs, pack_key, pack_name
+    from experiments.trainer import record_failure
 
     setup_globals()
     assert launcher.config is not None and launcher.hydra_context is not None
     configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
-    check_pack_options(launcher.packed_init, launcher.pack_size)
+    try:
+        check_pack_options(launcher.packed_init, launcher.pack_size, launcher.route)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
     sweep_dir = Path(str(launcher.config.hydra.sweep.dir)).absolute()
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    log.info("Packing %d jobs (pack_size=%s, packed_init=%s)", len(job_overrides), launcher.pack_size,
-             launcher.packed_init)
+    log.info("Packing %d jobs (pack_size=%s, packed_init=%s, route=%s)", len(job_overrides), launcher.pack_size,
+             launcher.packed_init, launcher.route)
     jobs = []
     for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
         log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
         jobs.append(_compose(launcher, idx, overrides))
-    keys = [pack_key(job.member.cfg, launcher.packed_init) for job in jobs]
+    for job in jobs:
+        if job.error is not None:
+            log.error("%s failed: %s", job.member.run_name, job.error)
+            record_failure(job.member.cfg, job.member.run_dir, job.member.run_name, job.error)
+            job.ret.status, job.ret.return_value = JobStatus.COMPLETED, None
+    ready = [job for job in jobs if job.error is None]
+    keys = [pack_key(job.member.cfg, launcher.packed_init) for job in ready]
     packs = group_into_packs(keys, launcher.pack_size)
     for number, indices in enumerate(packs, start=1):
-        pack_jobs = [jobs[i] for i in indices]
+        pack_jobs = [ready[i] for i in indices]
         pack_dir = sweep_dir / ".packs" / pack_name([job.member.run_name for job in pack_jobs])
         log.info("Pack %d/%d (%s): %d runs", number, len(packs), pack_dir.name, len(pack_jobs))
         _run_pack(launcher, pack_jobs, pack_dir)
