@@ -33,9 +33,10 @@ def balanced_indices(labels: torch.Tensor, count: int, num_classes: int, generat
         members = torch.nonzero(labels == cls).flatten()
         need = int(quota[cls])
         if need > members.numel():
+            most = num_classes * int(torch.bincount(labels, minlength=num_classes).min())
             raise ValueError(
                 f"a class-balanced selection of {count} images needs {need} of class {cls}, "
-                f"which has only {members.numel()}; ask for at most {num_classes * int(torch.bincount(labels, minlength=num_classes).min())}"
+                f"which has only {members.numel()}; ask for at most {most}"
             )
         chosen.append(members[torch.randperm(members.numel(), generator=generator)[:need]])
     return torch.cat(chosen).sort().values

@@ -23,7 +23,9 @@ def make_synthetic(n_train: int, n_test: int, num_classes: int = 10, seed: int =
     The tint makes the classes separable even after global average pooling, so small CNNs learn fast.
     """
     if n_train < 1 or n_test < 1 or num_classes < 2:
-        raise ValueError(f"synthetic data needs n_train, n_test >= 1 and num_classes >= 2; got {n_train}, {n_test}, {num_classes}")
+        raise ValueError(
+            f"synthetic data needs n_train, n_test >= 1 and num_classes >= 2; got {n_train}, {n_test}, {num_classes}"
+        )
     g = torch.Generator().manual_seed(seed)
     coarse = torch.randn(num_classes, 3, 4, 4, generator=g)
     templates = F.interpolate(coarse, size=(32, 32), mode="bicubic", align_corners=False)

@@ -45,6 +45,7 @@ from experiments.packed_epoch import train_packed_epoch  # noqa: E402
 from experiments.packed_models import ROUTES, ModelPack, default_route  # noqa: E402
 from experiments.run_files import write_json  # noqa: E402
 
+
 def _trainer_channels_last() -> bool:
     from omegaconf import OmegaConf
 

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from cli import REPO, cli_env, run_cli
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import experiments.packed
 import models
 import optimizers
-from cli import REPO, cli_env, run_cli
 from experiments import run_files
 from experiments.packed import PackMember, group_into_packs, pack_key, train_pack
 from experiments.packed_epoch import train_packed_epoch

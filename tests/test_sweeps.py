@@ -11,9 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-
 from cli import REPO, cli_env, run_cli
+from hydra import compose, initialize_config_dir
 
 TINY = ["data=synthetic", "data.train_size=128", "data.test_size=64", "trainer.batch_size=64", "trainer.epochs=1",
         "logger=none"]

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from cli import REPO, cli_env, run_cli
 
 TINY = ["data=synthetic", "data.train_size=256", "data.test_size=128", "trainer.batch_size=64", "logger=none"]
