@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,18 @@ from experiments.config_checks import ConfigError, check_config
 from experiments.packed_epoch import evaluate_packed, train_packed_epoch
 from experiments.packed_models import ROUTES, ModelPack, default_route
 from experiments.schedules import build_scheduler
-from experiments.trainer import DONE_STATUSES, METRIC_COLUMNS, is_finite, make_loaders, summarize
+from experiments.trainer import (
+    METRIC_COLUMNS,
+    is_done,
+    is_finite,
+    log_epoch,
+    make_loaders,
+    one_line,
+    record_failure,
+    show_progress,
+    summarize,
+    wandb_summary_fields,
+)
 from experiments.wandb_run import start_wandb
 
 log = logging.getLogger(__name__)
@@ -93,18 +103,14 @@ def pack_name(run_names: list[str]) -> str:
     return "pack-" + hashlib.sha1("\n".join(run_names).encode()).hexdigest()[:12]
 
 
-def _done(summary: dict | None) -> bool:
-    return bool(summary) and summary.get("status") in DONE_STATUSES
-
-
 def _members_to_train(members: list[PackMember], summaries: list[dict | None], checkpoint: dict | None,
                       ckpt_path: Path) -> list[int]:
     if checkpoint is None:
-        return [k for k, summary in enumerate(summaries) if not _done(summary)]
+        return [k for k, summary in enumerate(summaries) if not is_done(summary)]
     names = [m.run_name for m in members]
     saved = list(checkpoint.get("members", []))
     missing = [name for name in saved if name not in names]
-    left_out = [m.run_name for m, s in zip(members, summaries) if not _done(s) and m.run_name not in saved]
+    left_out = [m.run_name for m, s in zip(members, summaries) if not is_done(s) and m.run_name not in saved]
     if missing or left_out:
         raise ValueError(f"pack checkpoint {ckpt_path} was written for another set of runs (it "
                          f"{'holds ' + missing[0] if missing else 'lacks ' + left_out[0]}); move it away to restart "
@@ -152,10 +158,10 @@ def train_pack(members: list[PackMember], pack_dir: str | Path, *, packed_init: 
     pack_dir = Path(pack_dir)
     summaries = [run_files.read_json(m.run_dir / "summary.json") for m in members]
     for m, summary in zip(members, summaries):
-        if _done(summary):
+        if is_done(summary):
             log.info("%s: already %s, skipping (delete %s to run it again)", m.run_name, summary["status"],
                      m.run_dir, extra={"pack_member": str(m.run_dir)})
-    if all(_done(summary) for summary in summaries):
+    if all(is_done(summary) for summary in summaries):
         return summaries
     ckpt_path = pack_dir / "checkpoint.pt"
     # Read before anything is written, so a damaged checkpoint never leads to training over good results.
@@ -181,8 +187,6 @@ def _config_ok(member: PackMember, summaries: list, k: int) -> bool:
         check_config(member.cfg)
         return True
     except ConfigError as exc:
-        from experiments.trainer import one_line, record_failure  # as a single run's sweep records it
-
         message = one_line(exc)
         record_failure(member.cfg, member.run_dir, member.run_name, message)
         log.error("%s failed: %s", member.run_name, message, extra={"pack_member": str(member.run_dir)})
@@ -240,7 +244,7 @@ def _train(trained: list[_Member], pack_dir: Path, ckpt_path: Path, checkpoint: 
              len(trained), device, route, packed_init, pack_dir / "pack.json")
 
     tr = lead.trainer
-    progress = tr.progress == "auto" and sys.stderr.isatty() or tr.progress is True
+    progress = show_progress(tr)
     start = time.perf_counter()
 
     def wall() -> float:
@@ -268,10 +272,7 @@ def _train(trained: list[_Member], pack_dir: Path, ckpt_path: Path, checkpoint: 
                 row = {"epoch": epoch, **train_rows[i], **test_rows[i], "model_norm": norms[i],
                        "lr": optimizers[i].param_groups[0]["lr"]}
                 member.history.append({k: row[k] for k in METRIC_COLUMNS})
-                log.info("%s epoch %d/%d: train loss %.4f acc %.4f | test loss %.4f acc %.4f | norm %.2f | "
-                         "%.0f img/s", member.spec.run_name, epoch, epochs, row["train_loss"], row["train_acc"],
-                         row["test_loss"], row["test_acc"], row["model_norm"], row["images_per_s"],
-                         extra=member.extra)
+                log_epoch(member.spec.run_name, epochs, row, extra=member.extra)
                 run_files.write_csv(member.spec.run_dir / "metrics.csv", member.history, METRIC_COLUMNS)
                 if not is_finite(row):
                     member.status, member.diverged_epoch, member.end_wall = "diverged", epoch, wall()
@@ -320,9 +321,7 @@ def _log_to_wandb(trained: list[_Member]) -> None:
                     continue
                 for row in member.history:
                     wandb_run.log(row, step=row["epoch"])
-                wandb_run.summary.update({"status": member.status,
-                                          **{f"final/{k}": v for k, v in summary.get("final", {}).items()},
-                                          "best/test_acc": summary.get("best", {}).get("test_acc")})
+                wandb_run.summary.update(wandb_summary_fields(summary))
         except Exception as exc:  # the run's results are on disk; W&B is a copy
             log.warning("%s: W&B logging failed (%s: %s); metrics.csv and summary.json are complete",
                         m.run_name, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "",

@@ -35,6 +35,27 @@ def make_loaders(cfg: DictConfig, dataset, device: torch.device) -> tuple[Device
     return train, test
 
 
+def is_done(summary: dict | None) -> bool:
+    return bool(summary) and summary.get("status") in DONE_STATUSES
+
+
+def show_progress(trainer_cfg: DictConfig) -> bool:
+    """trainer.progress: auto shows a bar only when stderr is a terminal."""
+    return trainer_cfg.progress is True or (trainer_cfg.progress == "auto" and sys.stderr.isatty())
+
+
+def log_epoch(run_name: str, epochs: int, row: dict, **log_kwargs) -> None:
+    log.info("%s epoch %d/%d: train loss %.4f acc %.4f | test loss %.4f acc %.4f | norm %.2f | %.0f img/s",
+             run_name, row["epoch"], epochs, row["train_loss"], row["train_acc"], row["test_loss"], row["test_acc"],
+             row["model_norm"], row["images_per_s"], **log_kwargs)
+
+
+def wandb_summary_fields(summary: dict) -> dict:
+    """What a finished run adds to its W&B run's summary."""
+    return {"status": summary.get("status"), **{f"final/{k}": v for k, v in summary.get("final", {}).items()},
+            "best/test_acc": summary.get("best", {}).get("test_acc")}
+
+
 def is_finite(row: dict) -> bool:
     return all(math.isfinite(row[k]) for k in ("train_loss", "test_loss", "model_norm"))
 
@@ -70,7 +91,7 @@ def train_run(cfg: DictConfig, run_dir: str | Path, run_name: str = "default", b
     """Trains one run into run_dir, resuming from its checkpoint; returns the summary it wrote."""
     run_dir = Path(run_dir)
     previous = run_files.read_json(run_dir / "summary.json")
-    if previous and previous.get("status") in DONE_STATUSES:
+    if is_done(previous):
         log.info("%s: already %s, skipping (delete %s to run it again)", run_name, previous["status"], run_dir)
         return previous
     check_config(cfg)
@@ -101,7 +122,7 @@ def train_run(cfg: DictConfig, run_dir: str | Path, run_name: str = "default", b
         log.info("%s: resuming after epoch %d from %s", run_name, checkpoint["epoch"], ckpt_path)
     run_files.atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
-    progress = cfg.trainer.progress == "auto" and sys.stderr.isatty() or cfg.trainer.progress is True
+    progress = show_progress(cfg.trainer)
     start = time.perf_counter()
     status, diverged_epoch = "running", None
 
@@ -123,9 +144,7 @@ def train_run(cfg: DictConfig, run_dir: str | Path, run_name: str = "default", b
                 row["model_norm"] = model_norm(model).item()
                 row["lr"] = optimizer.param_groups[0]["lr"]
                 history.append({k: row[k] for k in METRIC_COLUMNS})
-                log.info("%s epoch %d/%d: train loss %.4f acc %.4f | test loss %.4f acc %.4f | norm %.2f | "
-                         "%.0f img/s", run_name, epoch, cfg.trainer.epochs, row["train_loss"], row["train_acc"],
-                         row["test_loss"], row["test_acc"], row["model_norm"], row["images_per_s"])
+                log_epoch(run_name, cfg.trainer.epochs, row)
                 run_files.write_csv(run_dir / "metrics.csv", history, METRIC_COLUMNS)
                 if wandb_run is not None:
                     wandb_run.log(row, step=epoch)
@@ -148,8 +167,7 @@ def train_run(cfg: DictConfig, run_dir: str | Path, run_name: str = "default", b
             raise
         summary = write(status)
         if wandb_run is not None:
-            wandb_run.summary.update({"status": status, **{f"final/{k}": v for k, v in summary["final"].items()},
-                                      "best/test_acc": summary["best"]["test_acc"]})
+            wandb_run.summary.update(wandb_summary_fields(summary))
     return summary
 
 
@@ -167,7 +185,7 @@ def record_failure(cfg: DictConfig, run_dir: Path, run_name: str, message: str) 
             summary = summarize(cfg, run_dir, run_name, [], "failed", wall_time_s=0.0, device="")
         except Exception:  # the config itself may be what failed
             summary = {"run_dir": str(run_dir), "run_name": run_name}
-    if summary.get("status") in DONE_STATUSES:
+    if is_done(summary):
         return
     summary.update(status="failed", error=message)
     run_files.write_json(path, summary)
