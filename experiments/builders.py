@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 import data as datasets
 import models
 import optimizers
+from experiments.cpu_memory import keep_freed_memory
 
 
 def pick_device(name: str) -> torch.device:
@@ -22,6 +23,12 @@ def pick_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"trainer.device={name} but no CUDA device is visible; use trainer.device=cpu or auto")
     return device
+
+
+def setup_host_memory(trainer_cfg: DictConfig, device: torch.device) -> None:
+    """trainer.keep_freed_memory: on CPU, stop malloc from returning activation memory to the kernel each step."""
+    if device.type == "cpu" and trainer_cfg.get("keep_freed_memory", True):
+        keep_freed_memory()
 
 
 def setup_precision(precision: str, device: torch.device):

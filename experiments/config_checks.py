@@ -33,6 +33,8 @@ def check_config(cfg: DictConfig) -> None:
              f"trainer.batch_size must be an integer >= 1 (got {tr.batch_size})")
     _require(tr.precision in PRECISIONS,
              f"trainer.precision must be one of {', '.join(PRECISIONS)} (got {tr.precision})")
+    for key in ("channels_last", "compile", "keep_freed_memory"):
+        _require(isinstance(tr.get(key, False), bool), f"trainer.{key} must be true or false (got {tr.get(key)})")
     _require(cfg.model.depth in VALID_DEPTHS,
              f"model.depth must be one of {', '.join(map(str, VALID_DEPTHS))} (got {cfg.model.depth})")
     _require(isinstance(cfg.loss_multiplier, (int, float)) and cfg.loss_multiplier > 0,

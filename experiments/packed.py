@@ -32,7 +32,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from experiments import run_files, run_info
-from experiments.builders import build_model, build_optimizer, load_data, pick_device, setup_precision
+from experiments.builders import build_model, build_optimizer, load_data, pick_device, setup_host_memory, setup_precision
 from experiments.config_checks import ConfigError, check_config
 from experiments.packed_epoch import evaluate_packed, train_packed_epoch
 from experiments.packed_models import ROUTES, ModelPack, default_route
@@ -201,6 +201,7 @@ def _train(trained: list[_Member], pack_dir: Path, ckpt_path: Path, checkpoint: 
     lead = cfgs[0]
     pack_seed = int(lead.seed)
     device = pick_device(lead.trainer.device)
+    setup_host_memory(lead.trainer, device)
     autocast = setup_precision(lead.trainer.precision, device)
     if lead.trainer.compile:
         log.warning("trainer.compile is ignored by packed training: packs run eagerly")

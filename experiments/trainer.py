@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from data import DeviceLoader
 from experiments import run_files, run_info
-from experiments.builders import build_model, build_optimizer, load_data, pick_device, setup_precision
+from experiments.builders import build_model, build_optimizer, load_data, pick_device, setup_host_memory, setup_precision
 from experiments.config_checks import check_config
 from experiments.epoch import evaluate, model_norm, train_epoch
 from experiments.schedules import build_scheduler
@@ -102,6 +102,7 @@ def train_run(cfg: DictConfig, run_dir: str | Path, run_name: str = "default", b
     checkpoint = run_files.load_checkpoint(ckpt_path) if ckpt_path.exists() else None
 
     device = pick_device(cfg.trainer.device)
+    setup_host_memory(cfg.trainer, device)
     autocast = setup_precision(cfg.trainer.precision, device)
     dataset = load_data(cfg, base_dir)
     torch.manual_seed(cfg.seed)

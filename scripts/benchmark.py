@@ -16,6 +16,16 @@ Pipelines, all ResNet20 (BatchNorm off, as in the post's experiment; --batch-nor
 Each pipeline first runs --warmup untimed steps. Then, --rounds times, every pipeline in turn
 (interleaved, so that load changes hit all alike) is timed over repeats of --steps steps lasting
 at least --min-time seconds; the table reports the median and the range over rounds.
+
+On CPU the trainer also sets glibc's malloc to keep freed memory (trainer.keep_freed_memory). That
+setting is process-wide and cannot be undone, so a CPU benchmark runs in two phases: first reference
+and single run with the C library's default malloc (as a plain script runs), then every pipeline
+after the trainer's setting. The table gives the ratio within a phase (the pipelines alone) and
+single run (phase 2) over reference (phase 1): the trainer as run against the plain script.
+
+Roofline: the FLOPs of one training step (torch.utils.flop_counter) and the device's measured
+2048x2048 matmul rate bound any pipeline's images/s; the table shows that bound and how much of it
+each pipeline reaches.
 """
 from __future__ import annotations
 
@@ -40,16 +50,17 @@ import data as datasets  # noqa: E402
 import models  # noqa: E402
 import optimizers  # noqa: E402
 from experiments.builders import pick_device, setup_precision  # noqa: E402
+from experiments.cpu_memory import keep_freed_memory  # noqa: E402
 from experiments.epoch import train_epoch  # noqa: E402
 from experiments.packed_epoch import train_packed_epoch  # noqa: E402
 from experiments.packed_models import ROUTES, ModelPack, default_route  # noqa: E402
 from experiments.run_files import write_json  # noqa: E402
 
 
-def _trainer_channels_last() -> bool:
+def _trainer_default(key: str) -> bool:
     from omegaconf import OmegaConf
 
-    return bool(OmegaConf.load(REPO / "configs" / "trainer" / "default.yaml").get("channels_last", False))
+    return bool(OmegaConf.load(REPO / "configs" / "trainer" / "default.yaml").get(key, False))
 
 
 class BenchmarkError(ValueError):
@@ -69,9 +80,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="interleaved repeats of every measurement; medians reported (default: 3)")
     p.add_argument("--min-time", type=float, default=None,
                    help="a measurement repeats --steps until this many seconds have passed (default: cpu 3, cuda 2)")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=_trainer_channels_last(),
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=_trainer_default("channels_last"),
                    help="single and packed in channels_last (default: trainer.channels_last of "
                         "configs/trainer/default.yaml); the reference stays NCHW")
+    p.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction,
+                   default=_trainer_default("keep_freed_memory"),
+                   help="on CPU, measure a second phase with the trainer's malloc setting (default: "
+                        "trainer.keep_freed_memory of configs/trainer/default.yaml)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--ks", default="1,4,12", help="pack sizes to measure, comma-separated")
     p.add_argument("--depth", type=int, default=20)
@@ -232,6 +247,73 @@ def hardware(device: torch.device) -> str:
     return f"{name}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads"
 
 
+def step_flops(args, device, autocast) -> float:
+    """FLOPs of one training step (forward and backward) of the benchmarked model at --batch-size."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = build_net(args, device, 0)
+    x = torch.randn(args.batch_size, 3, 32, 32, device=device)
+    y = torch.zeros(args.batch_size, dtype=torch.long, device=device)
+    with FlopCounterMode(display=False) as counter:
+        with autocast:
+            loss = F.cross_entropy(net(x).float(), y)
+        loss.backward()
+    return float(counter.get_total_flops())
+
+
+def matmul_flops_per_s(device, autocast, n: int = 2048, repeats: int = 5) -> float:
+    """Best of `repeats` timings of n x n matmuls in the benchmark's precision: what this device sustains."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    calls = 4 if device.type == "cpu" else 50
+    best = 0.0
+    with autocast:
+        a @ b
+        for _ in range(repeats):
+            synchronize(device)
+            start = time.perf_counter()
+            for _ in range(calls):
+                a @ b
+            synchronize(device)
+            best = max(best, 2 * n**3 * calls / (time.perf_counter() - start))
+    return best
+
+
+def minor_faults() -> int | None:
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def measure_rounds(pipelines: dict, *, rounds: int, warmup: int, steps: int, min_time: float, phase: str,
+                   warmed: set) -> tuple[dict[str, list[float]], dict[str, float | None]]:
+    """Interleaved rounds; returns images/s per round and page faults per step (medians) of each pipeline."""
+    samples: dict[str, list[float]] = {name: [] for name in pipelines}
+    faults: dict[str, list[float]] = {name: [] for name in pipelines}
+    for r in range(rounds):
+        for name, measure in pipelines.items():
+            if warmup and name not in warmed:  # each pipeline keeps its model, loader and caches between rounds
+                measure(warmup)
+                warmed.add(name)
+            images = seconds = 0.0
+            calls, faults_before = 0, minor_faults()
+            while seconds == 0 or seconds < min_time:
+                more_images, more_seconds = measure(steps)
+                images, seconds, calls = images + more_images, seconds + more_seconds, calls + 1
+            samples[name].append(images / seconds)
+            if faults_before is not None:
+                faults[name].append((minor_faults() - faults_before) / (calls * steps))
+            print(f"{phase}round {r + 1}/{rounds} {name}: {samples[name][-1]:.1f} images/s", file=sys.stderr,
+                  flush=True)
+    return samples, {name: statistics.median(v) if v else None for name, v in faults.items()}
+
+
+def summarize_samples(samples: dict[str, list[float]], faults: dict[str, float | None]) -> dict:
+    return {name: {"median": statistics.median(values), "samples": values, "faults_per_step": faults[name]}
+            for name, values in samples.items()}
+
+
 def run(args) -> dict:
     device = pick_device(args.device)
     on_gpu = device.type == "cuda"
@@ -254,20 +336,23 @@ def run(args) -> dict:
                  "single": single_pipeline(args, ds, device, autocast)}
     for k in args.ks:
         pipelines[f"packed_{k}"] = packed_pipeline(args, ds, device, autocast, k)
-    samples: dict[str, list[float]] = {name: [] for name in pipelines}
-    for r in range(rounds):
-        for name, measure in pipelines.items():
-            if warmup and r == 0:  # each pipeline keeps its model, loader and caches between rounds
-                measure(warmup)
-            images = seconds = 0.0
-            while seconds == 0 or seconds < min_time:
-                more_images, more_seconds = measure(steps)
-                images, seconds = images + more_images, seconds + more_seconds
-            samples[name].append(images / seconds)
-            print(f"round {r + 1}/{rounds} {name}: {samples[name][-1]:.1f} images/s", file=sys.stderr, flush=True)
+    timing = dict(rounds=rounds, warmup=warmup, steps=steps, min_time=min_time, warmed=set())
+    # Phase 1 only where the trainer would change the process's malloc: CPU runs with the setting on.
+    two_phase = device.type == "cpu" and args.keep_freed_memory
+    default_malloc = None
+    if two_phase:
+        plain = {name: pipelines[name] for name in ("reference", "single")}
+        default_malloc = summarize_samples(*measure_rounds(plain, phase="default malloc: ", **timing))
+        if not keep_freed_memory():
+            print("this C library is not glibc: phase 2 runs with the same malloc as phase 1", file=sys.stderr)
+    measured = summarize_samples(*measure_rounds(pipelines, phase="trainer malloc: " if two_phase else "", **timing))
 
-    median = {name: statistics.median(values) for name, values in samples.items()}
+    median = {name: m["median"] for name, m in measured.items()}
     single = median["single"]
+    plain_reference = default_malloc["reference"]["median"] if default_malloc else median["reference"]
+    flops = step_flops(args, device, autocast)
+    peak = matmul_flops_per_s(device, autocast)
+    bound = args.batch_size * peak / flops
     results = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": str(device), "hardware": hardware(device), "torch": torch.__version__,
@@ -275,28 +360,40 @@ def run(args) -> dict:
         "settings": {"data": args.data, "batch_size": args.batch_size, "depth": args.depth,
                      "batch_norm": args.batch_norm, "precision": args.precision, "steps": steps, "warmup": warmup,
                      "rounds": rounds, "min_time_s": min_time, "ks": args.ks, "reference_workers": args.workers,
-                     "channels_last": args.channels_last, "route": args.route, "threads": torch.get_num_threads()},
-        "images_per_s": {name: {"median": median[name], "samples": samples[name]} for name in samples},
+                     "channels_last": args.channels_last, "route": args.route, "threads": torch.get_num_threads(),
+                     "keep_freed_memory": two_phase},
+        "images_per_s": measured,
+        "images_per_s_default_malloc": default_malloc,
         "single_vs_reference": single / median["reference"],
+        "trainer_vs_plain_reference": single / plain_reference,
         "sequential_images_per_s": {str(k): single for k in args.ks},
         "packing_speedup": {str(k): median[f"packed_{k}"] / single for k in args.ks},
+        "roofline": {"step_flops": flops, "matmul_flops_per_s": peak, "images_per_s_bound": bound,
+                     "bound_vs_reference": bound / plain_reference,
+                     "fraction_of_bound": {name: m / bound for name, m in median.items()}},
     }
     return results
 
 
 def table(results: dict) -> str:
-    ref = results["images_per_s"]["reference"]["median"]
-    single = results["images_per_s"]["single"]["median"]
-    def spread(name: str) -> str:
-        values = results["images_per_s"][name]["samples"]
+    measured, plain = results["images_per_s"], results["images_per_s_default_malloc"]
+    ref = measured["reference"]["median"]
+
+    def spread(values: list[float]) -> str:
         return f"{min(values):.0f}-{max(values):.0f}"
 
-    rows = [("reference (DataLoader+PIL, AdamW foreach=False)", 1, ref, spread("reference"), None),
-            ("single run (DeviceLoader, AdamW foreach)", 1, single, spread("single"), None)]
+    def faults(entry: dict) -> str:
+        return "" if entry.get("faults_per_step") is None else f"{entry['faults_per_step']:.0f}"
+
+    rows = []
+    if plain:
+        rows += [("reference, default malloc", 1, plain["reference"], None),
+                 ("single run, default malloc", 1, plain["single"], None)]
+    rows += [("reference (DataLoader+PIL, AdamW foreach=False)", 1, measured["reference"], None),
+             ("single run (DeviceLoader, AdamW foreach)", 1, measured["single"], None)]
     for k in results["settings"]["ks"]:
-        rows.append((f"{k} sequential single runs", k, single, spread("single"), 1.0))
-        rows.append((f"packed K={k}", k, results["images_per_s"][f"packed_{k}"]["median"], spread(f"packed_{k}"),
-                     results["packing_speedup"][str(k)]))
+        rows.append((f"{k} sequential single runs", k, measured["single"], 1.0))
+        rows.append((f"packed K={k}", k, measured[f"packed_{k}"], results["packing_speedup"][str(k)]))
     s = results["settings"]
     lines = [f"device: {results['device']} ({results['hardware']}), torch {results['torch']}",
              f"ResNet{s['depth']} batch_norm={s['batch_norm']} batch {s['batch_size']} {s['precision']}, data "
@@ -305,12 +402,22 @@ def table(results: dict) -> str:
              f">= {s['min_time_s']:g} s of {s['steps']}-step measurements; median of {s['rounds']} rounds",
              "",
              f"{'pipeline':<50} {'models':>6} {'aggregate img/s':>16} {'(range)':>11} {'per model':>10} "
-             f"{'vs ref':>7} {'vs seq':>7}"]
-    for name, k, agg, rng, vs_seq in rows:
-        lines.append(f"{name:<50} {k:>6} {agg:>16.1f} {rng:>11} {agg / k:>10.1f} {agg / ref:>6.2f}x "
-                     f"{'' if vs_seq is None else f'{vs_seq:.2f}x':>7}")
-    lines += ["", f"single run vs reference: {results['single_vs_reference']:.2f}x"]
+             f"{'vs ref':>7} {'vs seq':>7} {'faults/step':>12}"]
+    for name, k, entry, vs_seq in rows:
+        agg = entry["median"]
+        lines.append(f"{name:<50} {k:>6} {agg:>16.1f} {spread(entry['samples']):>11} {agg / k:>10.1f} "
+                     f"{agg / ref:>6.2f}x {'' if vs_seq is None else f'{vs_seq:.2f}x':>7} {faults(entry):>12}")
+    lines += ["", f"single run vs reference, same process settings: {results['single_vs_reference']:.2f}x"]
+    if plain:
+        lines.append(f"single run (trainer malloc) vs reference (default malloc), i.e. trainer vs plain script: "
+                     f"{results['trainer_vs_plain_reference']:.2f}x (across the two phases)")
     lines += [f"packing speed-up K={k} vs {k} sequential runs: {v:.2f}x" for k, v in results["packing_speedup"].items()]
+    roof = results["roofline"]
+    lines += ["", f"roofline: {roof['step_flops'] / 1e9:.1f} GFLOP per step; this device's 2048x2048 matmul runs at "
+              f"{roof['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s, so no pipeline can pass "
+              f"{roof['images_per_s_bound']:.0f} img/s = {roof['bound_vs_reference']:.2f}x the plain reference",
+              "share of that bound reached: " + ", ".join(f"{name} {v:.0%}" for name, v in
+                                                          roof["fraction_of_bound"].items())]
     return "\n".join(lines)
 
 

@@ -445,6 +445,48 @@ def test_benchmark_runs_every_pipeline_and_writes_its_json(tmp_path, capsys):
         results["images_per_s"]["packed_2"]["median"] / results["images_per_s"]["single"]["median"])
     table = capsys.readouterr().out
     assert "packed K=2" in table and "2 sequential single runs" in table and "single run vs reference" in table
+    # CPU: a first phase with the C library's own malloc, then the trainer's (trainer.keep_freed_memory).
+    plain = results["images_per_s_default_malloc"]
+    assert set(plain) == {"reference", "single"} and results["settings"]["keep_freed_memory"] is True
+    assert results["trainer_vs_plain_reference"] == pytest.approx(
+        results["images_per_s"]["single"]["median"] / plain["reference"]["median"])
+    assert all(v["faults_per_step"] >= 0 for v in [*plain.values(), *results["images_per_s"].values()])
+    roof = results["roofline"]
+    assert roof["images_per_s_bound"] == pytest.approx(8 * roof["matmul_flops_per_s"] / roof["step_flops"])
+    assert roof["fraction_of_bound"]["single"] == pytest.approx(
+        results["images_per_s"]["single"]["median"] / roof["images_per_s_bound"])
+    assert "roofline" in table and "trainer vs plain script" in table
+
+
+def test_benchmark_step_flops_are_forward_and_backward_of_every_conv():
+    import torch
+
+    benchmark = load_benchmark()
+    args = benchmark.parse_args(["--batch-size", "4"])
+    # Per image, a conv's forward is 2*Cout*H*W*Cin*9 FLOPs; backward needs as much again for the weight
+    # gradient and for the input gradient, except for the first conv, whose input (the image) needs none.
+    # The linear head likewise: forward, weight gradient, input gradient.
+    net = benchmark.build_net(args, torch.device("cpu"), 0)
+    convs = []
+    hooks = [m.register_forward_hook(lambda m, i, o: convs.append(2 * o[0].numel() * m.in_channels * 9))
+             for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    net(torch.zeros(1, 3, 32, 32))
+    for h in hooks:
+        h.remove()
+    linear = 2 * 64 * 10
+    expected = 4 * (3 * (sum(convs) + linear) - convs[0])
+    flops = benchmark.step_flops(args, torch.device("cpu"), benchmark.setup_precision("fp32", torch.device("cpu")))
+    assert flops == pytest.approx(expected, rel=1e-9)
+
+
+def test_benchmark_without_the_malloc_setting_has_one_phase(tmp_path):
+    out = tmp_path / "bench.json"
+    assert load_benchmark().main(["--device", "cpu", "--steps", "1", "--warmup", "0", "--rounds", "1", "--ks", "1",
+                                  "--batch-size", "8", "--workers", "0", "--min-time", "0", "--no-keep-freed-memory",
+                                  "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert results["images_per_s_default_malloc"] is None and results["settings"]["keep_freed_memory"] is False
+    assert results["trainer_vs_plain_reference"] == results["single_vs_reference"]
 
 
 def test_benchmark_bad_option_is_a_one_line_error(capsys):

@@ -130,6 +130,7 @@ def test_corrupt_checkpoint_is_an_error_not_a_silent_restart(tmp_path):
     ("optimizer.weight_decay=-1e-4", "optimizer.weight_decay"),
     ("trainer.epochs=0", "trainer.epochs"),
     ("trainer.batch_size=0", "trainer.batch_size"),
+    ("trainer.keep_freed_memory=3", "trainer.keep_freed_memory"),
 ])
 def test_bad_numbers_fail_before_training_with_one_line(tmp_path, override, key):
     run_dir = tmp_path / "run"
