@@ -87,6 +87,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    default=_trainer_default("keep_freed_memory"),
                    help="on CPU, measure a second phase with the trainer's malloc setting (default: "
                         "trainer.keep_freed_memory of configs/trainer/default.yaml)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the single run's model, as trainer.compile=true (compiles in the warmup)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--ks", default="1,4,12", help="pack sizes to measure, comma-separated")
     p.add_argument("--depth", type=int, default=20)
@@ -210,8 +212,11 @@ def single_pipeline(args, ds, device, autocast):
     opt = optimizers.AdamW(optimizers.param_groups(model, 1e-4), lr=1e-3, weight_decay=1e-4)
     sched = constant_scheduler(opt)
 
+    forward = torch.compile(model) if args.compile else model  # as trainer.compile=true does
+
     def steps(n: int) -> tuple[float, float]:
-        row = train_epoch(model, stream.take(n), opt, sched, loss_multiplier=1.0, autocast=autocast, progress=False)
+        row = train_epoch(forward, stream.take(n), opt, sched, loss_multiplier=1.0, autocast=autocast,
+                          progress=False)
         return images_and_seconds(row)
 
     return steps
@@ -361,7 +366,7 @@ def run(args) -> dict:
                      "batch_norm": args.batch_norm, "precision": args.precision, "steps": steps, "warmup": warmup,
                      "rounds": rounds, "min_time_s": min_time, "ks": args.ks, "reference_workers": args.workers,
                      "channels_last": args.channels_last, "route": args.route, "threads": torch.get_num_threads(),
-                     "keep_freed_memory": two_phase},
+                     "keep_freed_memory": two_phase, "compile": args.compile},
         "images_per_s": measured,
         "images_per_s_default_malloc": default_malloc,
         "single_vs_reference": single / median["reference"],
@@ -397,7 +402,8 @@ def table(results: dict) -> str:
     s = results["settings"]
     lines = [f"device: {results['device']} ({results['hardware']}), torch {results['torch']}",
              f"ResNet{s['depth']} batch_norm={s['batch_norm']} batch {s['batch_size']} {s['precision']}, data "
-             f"{s['data']}, channels_last={s['channels_last']} (ours), pack route {s['route']}; {s['warmup']} "
+             f"{s['data']}, channels_last={s['channels_last']} (ours), pack route {s['route']}"
+             f"{', single run torch.compile-d' if s.get('compile') else ''}; {s['warmup']} "
              "warmup steps, then per round "
              f">= {s['min_time_s']:g} s of {s['steps']}-step measurements; median of {s['rounds']} rounds",
              "",
