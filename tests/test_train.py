@@ -70,7 +70,8 @@ def _kill_after_first_epoch(args: list[str], run_dir: Path) -> None:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        if (run_dir / "checkpoint.pt").exists():
+        # summary.json is written right after the epoch's checkpoint: both exist once it does.
+        if (run_dir / "summary.json").exists():
             proc.send_signal(signal.SIGKILL)
             break
         time.sleep(0.05)
