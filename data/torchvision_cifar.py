@@ -52,16 +52,27 @@ def read_torchvision_cifar(name: str, root: str) -> tuple[dict[str, torch.Tensor
     return out, classes
 
 
+def _missing_folders(root: str) -> list[str]:
+    """root and those of its parents that do not exist yet, deepest first."""
+    missing, folder = [], os.path.abspath(root)
+    while not os.path.exists(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    return missing
+
+
 def try_download(name: str, root: str) -> str | None:
     """Download into root with torchvision; return None on success, else a one-line reason."""
-    existed = os.path.isdir(root)
+    created = _missing_folders(root)
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(_DOWNLOAD_TIMEOUT_S)  # torchvision's urlopen has no timeout of its own
     try:
         _dataset_class(name)(root, train=True, download=True)
     except Exception as exc:  # noqa: BLE001 - any network/filesystem failure means "not available"
-        if not existed and os.path.isdir(root) and not os.listdir(root):
-            os.rmdir(root)  # torchvision created it; a mistyped root should not leave an empty folder behind
+        # torchvision created these; a mistyped root should not leave empty folders behind.
+        for folder in created:
+            if os.path.isdir(folder) and not os.listdir(folder):
+                os.rmdir(folder)
         lines = str(exc).strip().splitlines()
         return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
     finally:

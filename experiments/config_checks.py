@@ -1,8 +1,6 @@
 """Checks a run's config before any training starts, with one-line errors that say what to do."""
 from __future__ import annotations
 
-import os
-
 from omegaconf import DictConfig
 
 VALID_DEPTHS = (20, 32, 44, 56, 110)
@@ -33,8 +31,11 @@ def check_config(cfg: DictConfig) -> None:
              f"trainer.batch_size must be an integer >= 1 (got {tr.batch_size})")
     _require(tr.precision in PRECISIONS,
              f"trainer.precision must be one of {', '.join(PRECISIONS)} (got {tr.precision})")
-    for key in ("channels_last", "compile", "keep_freed_memory"):
-        _require(isinstance(tr.get(key, False), bool), f"trainer.{key} must be true or false (got {tr.get(key)})")
+    flags = {f"trainer.{key}": tr.get(key, False) for key in ("channels_last", "compile", "keep_freed_memory",
+                                                              "checkpoint")}
+    flags["model.batch_norm"] = cfg.model.batch_norm
+    for key, value in flags.items():
+        _require(isinstance(value, bool), f"{key} must be true or false (got {value})")
     _require(cfg.model.depth in VALID_DEPTHS,
              f"model.depth must be one of {', '.join(map(str, VALID_DEPTHS))} (got {cfg.model.depth})")
     _require(isinstance(cfg.loss_multiplier, (int, float)) and cfg.loss_multiplier > 0,
@@ -46,6 +47,5 @@ def check_config(cfg: DictConfig) -> None:
     if data.name != "synthetic":
         _require(data.root is not None and str(data.root) != "",
                  f"data.root is not set; pass data.root=/path/to/{data.name} or set DNM_DATA_ROOT")
-        _require(os.path.isdir(data.root),
-                 f"data.root {data.root} does not exist; pass data.root=/path/to/{data.name} "
-                 "(torchvision layout or train/<class>/*, test/<class>/* image folders) or set DNM_DATA_ROOT")
+        # A root that does not exist yet is left to the data loader: it downloads there when the network
+        # allows, and otherwise fails with the one line that names the layouts and where to get the files.

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -100,6 +101,14 @@ def train_run(cfg: DictConfig, run_dir: str | Path, run_name: str = "default", b
     ckpt_path = run_dir / "checkpoint.pt"
     # Read before anything is written, so a damaged checkpoint never leads to training over good results.
     checkpoint = run_files.load_checkpoint(ckpt_path) if ckpt_path.exists() else None
+    if checkpoint is None and previous and previous.get("epochs_completed") and (run_dir / "metrics.csv").exists():
+        # No checkpoint to resume from (trainer.checkpoint=false, or it was deleted): start over, but keep
+        # the earlier epochs' metrics instead of writing over them.
+        earlier = run_dir / "metrics.before-restart.csv"
+        os.replace(run_dir / "metrics.csv", earlier)
+        log.warning("%s: %d epochs done before but no %s to resume from; training from epoch 1 again "
+                    "(the earlier metrics are in %s)", run_name, previous["epochs_completed"], ckpt_path.name,
+                    earlier.name)
 
     device = pick_device(cfg.trainer.device)
     setup_host_memory(cfg.trainer, device)

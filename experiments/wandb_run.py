@@ -1,4 +1,4 @@
-"""A W&B run per training run: online with an API key, offline otherwise, never a failure."""
+"""A W&B run per training run: online with an API key, offline otherwise or when online fails; never a failure."""
 from __future__ import annotations
 
 import hashlib
@@ -37,16 +37,16 @@ def start_wandb(cfg: DictConfig, run_dir: Path, run_name: str):
     # A stable id per run folder lets a resumed run continue the same W&B run.
     run_id = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16]
     log.info("W&B run %s (%s mode) in %s", run_id, mode, run_dir / "wandb")
-    return wandb.init(
-        project=cfg.logger.project,
-        entity=cfg.logger.entity,
-        dir=str(run_dir),
-        mode=mode,
-        id=run_id,
-        resume="allow",
-        group=str(cfg.sweep_id),
-        name=run_name,
-        tags=[str(cfg.name)],
-        config=OmegaConf.to_container(cfg, resolve=True),
-        reinit="finish_previous",
-    )
+    settings = dict(project=cfg.logger.project, entity=cfg.logger.entity, dir=str(run_dir), id=run_id,
+                    resume="allow", group=str(cfg.sweep_id), name=run_name, tags=[str(cfg.name)],
+                    config=OmegaConf.to_container(cfg, resolve=True), reinit="finish_previous")
+    try:
+        return wandb.init(mode=mode, **settings)
+    except Exception as exc:  # noqa: BLE001 - no network, a bad key, a server down: the training must go on
+        if mode != "online":
+            raise
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        log.warning("W&B online init failed (%s); logging offline in %s instead, `wandb sync` uploads it later",
+                    reason, run_dir / "wandb")
+        wandb.teardown()  # the failed online run still holds its id in the W&B service
+        return wandb.init(mode="offline", **settings)

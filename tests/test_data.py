@@ -238,7 +238,7 @@ def test_failed_download_gives_the_same_one_line_error(tmp_path, monkeypatch):
     assert "\n" not in str(info.value) and str(tmp_path) in str(info.value)
     # A root that did not exist before is not left behind as an empty folder.
     with pytest.raises(DatasetNotFoundError):
-        load_dataset("cifar10", str(tmp_path / "typo"), cache_dir=str(tmp_path / "cache"), download=True)
+        load_dataset("cifar10", str(tmp_path / "typo" / "cifar"), cache_dir=str(tmp_path / "cache"), download=True)
     assert not (tmp_path / "typo").exists()
 
 

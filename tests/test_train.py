@@ -45,6 +45,16 @@ def test_outputs_exist_and_are_complete(tmp_path):
     assert s["versions"]["torch"] and s["wall_time_s"] > 0 and "git_commit" in s
     assert (run_dir / "config.yaml").exists() and (run_dir / "checkpoint.pt").exists()
     assert not list(run_dir.glob(".*.tmp")), "a temporary file was left behind"
+    # The values, not only the columns: model norm of the saved weights (BN off: the state is all parameters),
+    # the constant schedule's lr, a finite positive gradient norm, timings that agree with each other.
+    import torch
+
+    weights = torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"].values()
+    norm = torch.linalg.vector_norm(torch.stack([w.double().norm() for w in weights])).item()
+    assert float(rows[-1]["model_norm"]) == pytest.approx(norm, rel=1e-6)
+    for r in rows:
+        assert float(r["lr"]) == pytest.approx(1e-3) and 0 < float(r["grad_norm"]) < float("inf")
+        assert float(r["images_per_s"]) * float(r["epoch_time_s"]) == pytest.approx(256 // 64 * 64, rel=1e-6)
 
 
 def test_real_cifar10_one_epoch_with_bn_beats_chance(tmp_path, cifar10_root, data_cache_dir):
@@ -58,11 +68,21 @@ def test_real_cifar10_one_epoch_with_bn_beats_chance(tmp_path, cifar10_root, dat
     assert s["final"]["test_acc"] > 0.2, s["final"]  # chance is 0.1
 
 
-def test_loss_multiplier_reports_the_plain_loss(tmp_path):
-    run_dir = tmp_path / "run"
-    run_cli([*TINY, "trainer.epochs=1", "loss_multiplier=100", f"hydra.run.dir={run_dir}"])
-    # ln(10) = 2.3 is the loss of a uniform guess; the multiplied loss would be about 230.
-    assert summary(run_dir)["final"]["train_loss"] < 5
+def test_loss_multiplier_scales_the_backward_pass_and_reports_the_plain_loss(tmp_path):
+    run_cli(["-m", *TINY, "trainer.epochs=1", "optimizer=adam,adaml2", "loss_multiplier=1,100",
+             f"hydra.sweep.dir={tmp_path}"])
+    runs = {}
+    for path in tmp_path.glob("*/summary.json"):
+        s = json.loads(path.read_text())
+        runs[s["config"]["optimizer"]["name"], s["config"]["loss_multiplier"]] = (s, read_metrics(path.parent)[-1])
+    assert len(runs) == 4, sorted(runs)
+    # AdamL2 is not scale-free: a loss 100x larger outweighs its L2 term, so training goes elsewhere.
+    assert runs["adaml2", 100][0]["final"]["model_norm"] != runs["adaml2", 1][0]["final"]["model_norm"]
+    # Adam is (up to eps): the same run, and the reported loss and gradient norm are those of the plain loss,
+    # not 100x them.
+    (plain, plain_row), (scaled, scaled_row) = runs["adam", 1], runs["adam", 100]
+    assert scaled["final"]["train_loss"] == pytest.approx(plain["final"]["train_loss"], rel=1e-3)
+    assert float(scaled_row["grad_norm"]) == pytest.approx(float(plain_row["grad_norm"]), rel=1e-3)
 
 
 def _kill_after_first_epoch(args: list[str], run_dir: Path) -> None:
@@ -85,8 +105,12 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_result(tmp_path):
     run_cli([*args, f"hydra.run.dir={straight}"])
     _kill_after_first_epoch([*args, f"hydra.run.dir={resumed}"], resumed)
     assert summary(resumed)["status"] == "running"
-    run_cli([*args, f"hydra.run.dir={resumed}"])
+    before_kill = read_metrics(resumed)
+    proc = run_cli([*args, f"hydra.run.dir={resumed}"])
+    assert f"resuming after epoch {len(before_kill)}" in proc.stdout + proc.stderr
     a, b = read_metrics(straight), read_metrics(resumed)
+    # The epochs done before the kill were not trained again: their rows, timings included, are kept as written.
+    assert b[: len(before_kill)] == before_kill
     timing = {"epoch_time_s", "images_per_s"}
     assert [{k: v for k, v in r.items() if k not in timing} for r in a] == \
         [{k: v for k, v in r.items() if k not in timing} for r in b]
@@ -132,6 +156,7 @@ def test_corrupt_checkpoint_is_an_error_not_a_silent_restart(tmp_path):
     ("trainer.epochs=0", "trainer.epochs"),
     ("trainer.batch_size=0", "trainer.batch_size"),
     ("trainer.keep_freed_memory=3", "trainer.keep_freed_memory"),
+    ("model.batch_norm=maybe", "model.batch_norm"),
 ])
 def test_bad_numbers_fail_before_training_with_one_line(tmp_path, override, key):
     run_dir = tmp_path / "run"
@@ -142,12 +167,19 @@ def test_bad_numbers_fail_before_training_with_one_line(tmp_path, override, key)
 
 
 def test_missing_data_root_is_one_clear_line(tmp_path):
-    missing = tmp_path / "nowhere"
+    missing = tmp_path / "nowhere" / "cifar10"
+    # No network: a proxy that refuses connections makes the download attempt fail at once.
+    offline = cli_env(tmp_path, https_proxy="http://127.0.0.1:9", http_proxy="http://127.0.0.1:9")
     proc = run_cli(["data=cifar10", f"data.root={missing}", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"],
-                   check=False)
+                   env=offline, check=False)
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
-    assert str(missing) in last and "DNM_DATA_ROOT" in last
+    assert last.startswith("error: DatasetNotFoundError") and str(missing) in last and "download failed" in last
+    # The accepted layouts, where to get the files, and how to point at them.
+    for part in ("cifar-10-batches-py/", "train/<class>/", "https://www.cs.toronto.edu/~kriz/cifar.html",
+                 "DNM_DATA_ROOT"):
+        assert part in last
+    assert not (tmp_path / "nowhere").exists()
 
 
 def test_unknown_optimizer_lists_the_choices(tmp_path):
@@ -165,4 +197,29 @@ def test_wandb_offline_run_lives_in_the_run_dir(tmp_path):
     runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, list((run_dir / "wandb").glob("*"))
     assert list(runs[0].glob("*.wandb")), "the offline run has no data file"
+    assert summary(run_dir)["status"] == "finished"
+
+
+def test_wandb_with_a_key_but_no_network_falls_back_to_offline(tmp_path):
+    run_dir = tmp_path / "run"
+    # A configured key makes the run go online; the server address refuses connections.
+    env = cli_env(tmp_path, WANDB_API_KEY="0" * 40, WANDB_BASE_URL="http://127.0.0.1:9", WANDB_INIT_TIMEOUT="10")
+    env.pop("WANDB_MODE")
+    proc = run_cli([*[a for a in TINY if a != "logger=none"], "logger=wandb", "trainer.epochs=1",
+                    f"hydra.run.dir={run_dir}"], env=env)
+    assert "W&B online init failed" in proc.stdout + proc.stderr
+    assert summary(run_dir)["status"] == "finished"
+    runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb")), list((run_dir / "wandb").glob("*"))
+
+
+def test_rerun_without_a_checkpoint_starts_over_but_keeps_the_earlier_metrics(tmp_path):
+    run_dir = tmp_path / "run"
+    args = [*TINY, "trainer.epochs=3", "trainer.checkpoint=false", f"hydra.run.dir={run_dir}"]
+    _kill_after_first_epoch(args, run_dir)
+    earlier = (run_dir / "metrics.csv").read_text()
+    proc = run_cli(args)
+    assert "training from epoch 1 again" in proc.stdout + proc.stderr
+    assert (run_dir / "metrics.before-restart.csv").read_text() == earlier
+    assert [int(r["epoch"]) for r in read_metrics(run_dir)] == [1, 2, 3]
     assert summary(run_dir)["status"] == "finished"
