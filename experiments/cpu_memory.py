@@ -2,7 +2,7 @@
 
 A ResNet20 step at batch 128 frees and re-allocates about 100 MB of activations and gradients.
 With glibc's default settings much of that goes back to the kernel after every step and comes back
-as fresh pages that fault on first touch: 3,000-16,000 minor page faults per step, up to 7% of
+as fresh pages that fault on first touch: up to 16,000 minor page faults per step, up to 7% of
 the step's time on a 2-core CPU (results/benchmarks.md), depending on how glibc's thresholds
 have adapted to the process's earlier allocations. Two malloc options stop that;
 the price is that the process keeps its peak memory until it exits, which a training process does
