@@ -37,10 +37,9 @@ def _glibc():
         return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        version = libc.gnu_get_libc_version
-    except (OSError, AttributeError):  # musl and other libcs have no gnu_get_libc_version
+        libc.gnu_get_libc_version  # noqa: B018 - only glibc has it; musl and other libcs do not
+    except (OSError, AttributeError):
         return None
-    version.restype = ctypes.c_char_p
     return libc
 
 

@@ -45,8 +45,9 @@ def start_wandb(cfg: DictConfig, run_dir: Path, run_name: str):
     except Exception as exc:  # noqa: BLE001 - no network, a bad key, a server down: the training must go on
         if mode != "online":
             raise
-        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        from experiments.trainer import one_line  # here: the trainer imports this module
+
         log.warning("W&B online init failed (%s); logging offline in %s instead, `wandb sync` uploads it later",
-                    reason, run_dir / "wandb")
+                    one_line(exc), run_dir / "wandb")
         wandb.teardown()  # the failed online run still holds its id in the W&B service
         return wandb.init(mode="offline", **settings)
