@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state
 from torch.utils.flop_counter import FlopCounterMode
@@ -108,6 +109,50 @@ def test_option_a_shortcut_has_no_parameters_and_zero_pads_channels():
     assert out.shape == (2, 32, 4, 4)
     assert torch.equal(out[:, 8:24], x[:, :, ::2, ::2])
     assert (out[:, :8] == 0).all() and (out[:, 24:] == 0).all()
+
+
+def test_option_a_shortcut_gradient_is_the_strided_slices_gradient():
+    x = torch.randn(2, 16, 8, 8, requires_grad=True)
+    g = torch.randn(2, 32, 4, 4)
+    (grad,) = torch.autograd.grad(ShortcutA(16, 32, stride=2)(x), x, g)
+    x_ref = x.detach().clone().requires_grad_()
+    (grad_ref,) = torch.autograd.grad(F.pad(x_ref[:, :, ::2, ::2], (0, 0, 0, 0, 8, 8)), x_ref, g)
+    assert torch.equal(grad, grad_ref)
+
+
+def test_head_is_the_mean_over_positions_bit_for_bit():
+    torch.manual_seed(0)
+    model = resnet20(batch_norm=False)
+    x = torch.randn(4, 3, 32, 32)
+    features = model.layer3(model.layer2(model.layer1(F.relu(model.conv1(x)))))
+    assert torch.equal(model(x), model.fc(features.mean(dim=(2, 3))))
+
+
+@pytest.mark.parametrize("batch_norm", [True, False])
+def test_channels_last_gradients_stay_channels_last(batch_norm):
+    # An NCHW gradient meeting channels_last activations makes ReLU backward and the gradient sums run
+    # strided, several times slower on CPU: every activation gradient must keep the forward's format.
+    torch.manual_seed(0)
+    model = resnet20(batch_norm=batch_norm).to(memory_format=torch.channels_last)
+    grads: dict[str, torch.Tensor] = {}
+
+    def keep(name):
+        def hook(module, args, output):
+            for label, t in (("in", args[0]), ("out", output)):
+                if t.requires_grad:
+                    t.register_hook(lambda g, key=f"{name}.{label}": grads.__setitem__(key, g))
+        return hook
+
+    for name, block in model.named_modules():
+        if isinstance(block, nn.Sequential):
+            for i, sub in enumerate(block):
+                sub.register_forward_hook(keep(f"{name}.{i}"))
+    x = torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    F.cross_entropy(model(x), torch.arange(4)).backward()
+    assert len(grads) == 2 * 9  # every block's input and output
+    # The head's gradient may be a broadcast view (zero strides): nothing is materialised in the wrong format.
+    bad = sorted(k for k, g in grads.items() if not (g.is_contiguous(memory_format=torch.channels_last) or 0 in g.stride()))
+    assert bad == []
 
 
 def test_downsampling_blocks_use_option_a_shortcuts():
