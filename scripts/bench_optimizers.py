@@ -13,6 +13,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -22,6 +23,7 @@ import models  # noqa: E402
 import optimizers  # noqa: E402
 from experiments import run_files  # noqa: E402
 from experiments.builders import pick_device  # noqa: E402
+from experiments.run_info import git_commit  # noqa: E402
 
 BASELINE = "torch_adamw"
 
@@ -77,7 +79,8 @@ def run(device: torch.device, steps: int, repeats: int, warmup: int) -> dict[str
     shapes = resnet20_shapes()
     opts = {name: make(make_params(shapes, device)) for name, make in optimizer_factories().items()}
     for opt in opts.values():
-        time_steps(opt, warmup, device)
+        for _ in range(warmup):
+            opt.step()
     names = list(opts)
     samples: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
@@ -100,6 +103,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here (atomically)")
     args = parser.parse_args(argv)
+    for name, least in (("steps", 1), ("repeats", 1), ("warmup", 0), ("threads", 1)):
+        value = getattr(args, name)
+        if value is not None and value < least:
+            parser.error(f"--{name} must be >= {least} (got {value})")
     if args.steps < 1 or args.repeats < 1 or args.warmup < 0 or (args.threads is not None and args.threads < 1):
         parser.error("--steps, --repeats and --threads must be >= 1, --warmup >= 0")
     if args.threads is not None:
@@ -114,7 +121,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{'optimizer':<18}{'ms/step':>10}{'x torch AdamW':>15}")
     for name, r in results.items():
         print(f"{name:<18}{r['ms_per_step']:>10.3f}{r['ratio_to_torch_adamw']:>15.3f}")
-    payload = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+    payload = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git_commit": git_commit(),
+               "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
                "tensors": len(shapes), "values": numel, "steps": args.steps, "repeats": args.repeats,
                "results": results}
     if args.json is not None:

@@ -55,6 +55,7 @@ from experiments.epoch import train_epoch  # noqa: E402
 from experiments.packed_epoch import train_packed_epoch  # noqa: E402
 from experiments.packed_models import ROUTES, ModelPack, default_route  # noqa: E402
 from experiments.run_files import write_json  # noqa: E402
+from experiments.run_info import git_commit  # noqa: E402
 
 
 def _trainer_default(key: str) -> bool:
@@ -361,7 +362,7 @@ def run(args) -> dict:
     results = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": str(device), "hardware": hardware(device), "torch": torch.__version__,
-        "python": platform.python_version(),
+        "python": platform.python_version(), "git_commit": git_commit(),
         "settings": {"data": args.data, "batch_size": args.batch_size, "depth": args.depth,
                      "batch_norm": args.batch_norm, "precision": args.precision, "steps": steps, "warmup": warmup,
                      "rounds": rounds, "min_time_s": min_time, "ks": args.ks, "reference_workers": args.workers,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -22,6 +23,7 @@ from experiments.packed import PackMember, group_into_packs, pack_key, train_pac
 from experiments.packed_epoch import train_packed_epoch
 from experiments.packed_models import ModelPack
 from experiments.run_files import CheckpointError
+from experiments.run_info import git_commit
 from experiments.schedules import build_scheduler
 
 
@@ -423,13 +425,15 @@ def test_a_failing_pack_marks_its_runs_failed_and_the_other_packs_go_on(tmp_path
 
 # ---------------------------------------------------------------- scripts/benchmark.py
 
-def load_benchmark():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("benchmark", REPO / "scripts" / "benchmark.py")
+def load_script(name: str = "benchmark"):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_benchmark():
+    return load_script("benchmark")
 
 
 def test_benchmark_runs_every_pipeline_and_writes_its_json(tmp_path, capsys):
@@ -441,6 +445,7 @@ def test_benchmark_runs_every_pipeline_and_writes_its_json(tmp_path, capsys):
     results = json.loads(out.read_text())
     assert set(results["images_per_s"]) == {"reference", "single", "packed_1", "packed_2"}
     assert all(v["median"] > 0 for v in results["images_per_s"].values())
+    assert results["git_commit"] == git_commit() and results["git_commit"]  # which code made the numbers
     assert results["packing_speedup"]["2"] == pytest.approx(
         results["images_per_s"]["packed_2"]["median"] / results["images_per_s"]["single"]["median"])
     table = capsys.readouterr().out
@@ -494,3 +499,22 @@ def test_a_bad_launcher_option_is_a_one_line_error(tmp_path):
     assert proc.stderr.strip().splitlines()[-1] == ("error: packed_init must be shared or own (got 'mine'); e.g. "
                                                     "hydra.launcher.packed_init=shared")
     assert not list(tmp_path.glob("*/summary.json"))
+
+
+def test_optimizer_benchmark_times_every_variant_and_records_its_code(tmp_path):
+    bench = load_script("bench_optimizers")
+    out = tmp_path / "opt.json"
+    payload = bench.main(["--device", "cpu", "--steps", "1", "--repeats", "1", "--warmup", "0", "--json", str(out)])
+    assert json.loads(out.read_text()) == payload
+    assert payload["git_commit"] == git_commit() and payload["date"]
+    assert {"adam", "adamw", "adamp", "torch_adamw"} <= set(payload["results"])
+    assert payload["results"]["torch_adamw"]["ratio_to_torch_adamw"] == pytest.approx(1.0)
+    assert all(r["ms_per_step"] > 0 for r in payload["results"].values())
+
+
+@pytest.mark.parametrize("bad", [["--steps", "0"], ["--repeats", "0"], ["--warmup", "-1"]])
+def test_optimizer_benchmark_rejects_counts_out_of_range(bad, capsys):
+    bench = load_script("bench_optimizers")
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--device", "cpu", *bad])
+    assert exit_info.value.code == 2 and f"{bad[0]} must be >=" in capsys.readouterr().err
