@@ -33,6 +33,8 @@ SGD_GROUP_HPARAMS = [dict(lr=0.1, weight_decay=0.05), dict(lr=0.03, weight_decay
 BETAS, EPS, MOMENTUM, GAMMA = (0.9, 0.99), 1e-8, 0.9, 0.95
 STEPS = 35
 EXACT = dict(rtol=1e-13, atol=1e-15)
+# Every accelerator the machine has, besides the CPU: CI runs the CPU cases, a GPU machine the CUDA ones too.
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def initial_params(dtype=torch.float64) -> list[torch.Tensor]:
@@ -63,18 +65,18 @@ def build(name_or_cls, params: list[torch.Tensor], decay: bool = True, **kwargs)
     return cls(groups, **{**extra, **kwargs})
 
 
-def run(name_or_cls, steps: int = STEPS, dtype=torch.float64, decay: bool = True, **kwargs):
-    """Trajectory (list of per-step parameter lists) of an optimizer with an ExponentialLR schedule."""
-    params = [w.clone().requires_grad_() for w in initial_params(dtype)]
+def run(name_or_cls, steps: int = STEPS, dtype=torch.float64, decay: bool = True, device: str = "cpu", **kwargs):
+    """Trajectory (list of per-step parameter lists, on the CPU) of an optimizer with an ExponentialLR schedule."""
+    params = [w.to(device).requires_grad_() for w in initial_params(dtype)]
     opt = build(name_or_cls, params, decay, **kwargs)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, GAMMA)
     trajectory = []
     for t in range(1, steps + 1):
-        for p, g in zip(params, gradients([p.detach() for p in params], t)):
-            p.grad = g
+        for p, g in zip(params, gradients([p.detach().cpu() for p in params], t)):
+            p.grad = g.to(device)
         opt.step()
         sched.step()
-        trajectory.append([p.detach().clone() for p in params])
+        trajectory.append([p.detach().cpu().clone() for p in params])
     return trajectory
 
 
@@ -140,10 +142,11 @@ def assert_trajectories(actual, expected, exact: bool = False) -> None:
 
 # ---- update rules ---------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("foreach", [True, False])
 @pytest.mark.parametrize("name", ALL_NAMES)
-def test_matches_closed_form_reference(name, foreach):
-    assert_trajectories(run(name, foreach=foreach), reference(name))
+def test_matches_closed_form_reference(name, foreach, device):
+    assert_trajectories(run(name, foreach=foreach, device=device), reference(name))
 
 
 def test_variants_differ_from_each_other():
@@ -160,16 +163,20 @@ def test_variants_differ_from_each_other():
     (AdamW, torch.optim.AdamW, True), (AdamL2, torch.optim.Adam, True), (Adam, torch.optim.Adam, False),
     (SGD, torch.optim.SGD, True), (SGDW, torch.optim.SGD, False),
 ])
-def test_equals_torch_bitwise(ours, theirs, decay, ours_foreach, torch_foreach):
+@pytest.mark.parametrize("device", DEVICES)
+def test_equals_torch_bitwise(ours, theirs, decay, ours_foreach, torch_foreach, device):
     for dtype in (torch.float64, torch.float32):
-        expected = run(theirs, dtype=dtype, decay=decay, foreach=torch_foreach)
-        assert_trajectories(run(ours, dtype=dtype, decay=decay, foreach=ours_foreach), expected, exact=True)
+        expected = run(theirs, dtype=dtype, decay=decay, foreach=torch_foreach, device=device)
+        assert_trajectories(run(ours, dtype=dtype, decay=decay, foreach=ours_foreach, device=device), expected,
+                            exact=True)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", ALL_NAMES)
-def test_foreach_and_per_tensor_paths_agree_bitwise(name):
+def test_foreach_and_per_tensor_paths_agree_bitwise(name, device):
     for dtype in (torch.float64, torch.float32):
-        assert_trajectories(run(name, dtype=dtype, foreach=True), run(name, dtype=dtype, foreach=False), exact=True)
+        assert_trajectories(run(name, dtype=dtype, foreach=True, device=device),
+                            run(name, dtype=dtype, foreach=False, device=device), exact=True)
 
 
 def run_intermittent(name_or_cls, foreach: bool, decay: bool = True) -> list[list[torch.Tensor]]:
