@@ -130,14 +130,20 @@ def reference_decay(name: str, w, u, d, lr: float, eta: float, lam: float):
     raise KeyError(name)
 
 
-def assert_trajectories(actual, expected, exact: bool = False) -> None:
+def last_bits(dtype: torch.dtype, ulps: int = 64) -> dict[str, float]:
+    """Tolerance of some units in the last place of `dtype` (float64: 1.4e-14), for values of order one."""
+    eps = torch.finfo(dtype).eps
+    return dict(rtol=ulps * eps, atol=ulps * eps)
+
+
+def assert_trajectories(actual, expected, exact: bool = False, tol: dict | None = None) -> None:
     assert len(actual) == len(expected)
     for t, (a_ws, e_ws) in enumerate(zip(actual, expected), start=1):
         for a, e in zip(a_ws, e_ws):
             if exact:
                 assert torch.equal(a, e), f"step {t}: max diff {(a - e).abs().max().item():.3e}"
             else:
-                torch.testing.assert_close(a, e, **EXACT, msg=lambda m, t=t: f"step {t}: {m}")
+                torch.testing.assert_close(a, e, **(tol or EXACT), msg=lambda m, t=t: f"step {t}: {m}")
 
 
 # ---- update rules ---------------------------------------------------------------------------------
@@ -165,10 +171,14 @@ def test_variants_differ_from_each_other():
 ])
 @pytest.mark.parametrize("device", DEVICES)
 def test_equals_torch_bitwise(ours, theirs, decay, ours_foreach, torch_foreach, device):
+    # On CUDA torch's own foreach Adam rounds differently from its per-tensor Adam (on an H200, torch 2.11:
+    # 5.6e-17 apart after 14 float64 steps), so against it the bar there is 64 units in the last place.
+    # Everywhere else, including torch's per-tensor path on CUDA, the trajectories must be identical.
+    bitwise = not (device == "cuda" and torch_foreach and theirs is not torch.optim.SGD)
     for dtype in (torch.float64, torch.float32):
         expected = run(theirs, dtype=dtype, decay=decay, foreach=torch_foreach, device=device)
         assert_trajectories(run(ours, dtype=dtype, decay=decay, foreach=ours_foreach, device=device), expected,
-                            exact=True)
+                            exact=bitwise, tol=last_bits(dtype))
 
 
 @pytest.mark.parametrize("device", DEVICES)
