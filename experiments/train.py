@@ -25,6 +25,14 @@ if _PLUGINS not in sys.path:
 OmegaConf.register_new_resolver("run_dirname", lambda overrides: overrides or "default", replace=True)
 
 
+def _log_to_files(level: int, msg: str, *args) -> None:
+    """Log through the file handlers Hydra set up (the run's .log file), not the console."""
+    record = log.makeRecord(log.name, level, __file__, 0, msg, args, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
@@ -39,11 +47,13 @@ def main(cfg: DictConfig) -> float | None:
         message = one_line(exc)
         log.debug("traceback:\n%s", traceback.format_exc())
         record_failure(cfg, run_dir, run_name, message)
-        log.error("%s failed: %s", run_name, message)
-        if not multirun:
-            print(f"error: {message}", file=sys.stderr)
-            sys.exit(2)
-        return None
+        if multirun:
+            log.error("%s failed: %s", run_name, message)
+            return None
+        # A single run says it once, on stderr; the run's own log file keeps it too.
+        _log_to_files(logging.ERROR, "%s failed: %s", run_name, message)
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
     acc = summary["final"]["test_acc"]
     return acc
 

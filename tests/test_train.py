@@ -164,6 +164,9 @@ def test_bad_numbers_fail_before_training_with_one_line(tmp_path, override, key)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: ConfigError: {key} must be")
     assert not (run_dir / "metrics.csv").exists()
+    # Said once on the console, and kept in the run's log file.
+    assert (proc.stdout + proc.stderr).count(f"{key} must be") == 1
+    assert f"ConfigError: {key} must be" in (run_dir / "train.log").read_text()
 
 
 def test_missing_data_root_is_one_clear_line(tmp_path):
