@@ -512,7 +512,7 @@ def test_optimizer_benchmark_times_every_variant_and_records_its_code(tmp_path):
     assert all(r["ms_per_step"] > 0 for r in payload["results"].values())
 
 
-@pytest.mark.parametrize("bad", [["--steps", "0"], ["--repeats", "0"], ["--warmup", "-1"]])
+@pytest.mark.parametrize("bad", [["--steps", "0"], ["--repeats", "0"], ["--warmup", "-1"], ["--threads", "0"]])
 def test_optimizer_benchmark_rejects_counts_out_of_range(bad, capsys):
     bench = load_script("bench_optimizers")
     with pytest.raises(SystemExit) as exit_info:
