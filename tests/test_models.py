@@ -12,17 +12,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state
 from torch.utils.flop_counter import FlopCounterMode
 
-from models import (
-    CifarResNet,
-    ShortcutA,
-    build_model,
-    count_parameters,
-    resnet20,
-    resnet32,
-    resnet44,
-    resnet56,
-    resnet110,
-)
+from models import CifarResNet, ShortcutA, build_model, count_parameters, resnet20, resnet32, resnet44, resnet56, resnet110
 
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
