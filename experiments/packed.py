@@ -150,7 +150,8 @@ def train_pack(members: list[PackMember], pack_dir: str | Path, *, packed_init: 
                base_dir: str | None = None) -> list[dict | None]:
     """Trains the members that are not finished or diverged, resuming from the pack checkpoint.
 
-    route: vmap, loop or auto (vmap on CUDA, loop elsewhere; see experiments/packed_models.py).
+    route: vmap, loop or auto (vmap on CUDA for packs of 4 or more, loop otherwise; see
+    experiments/packed_models.py).
     Returns each member's summary (the one already on disk for members that were done, None
     for a member whose config check failed: its summary records the failure).
     """
@@ -211,7 +212,7 @@ def _train(trained: list[_Member], pack_dir: Path, ckpt_path: Path, checkpoint: 
         # As train_run does; under packed_init=shared every member has the pack seed.
         torch.manual_seed(int(cfg.seed))
         models.append(build_model(cfg, len(dataset.classes), device))
-    route = default_route(device) if route == "auto" else route
+    route = default_route(device, len(trained)) if route == "auto" else route
     pack = ModelPack(models, route=route)
     optimizers = [build_optimizer(cfg.optimizer, model) for cfg, model in zip(cfgs, models)]
     train_loader, test_loader = make_loaders(lead, dataset, device)

@@ -10,7 +10,8 @@ Pipelines, all ResNet20 (BatchNorm off, as in the post's experiment; --batch-nor
   experiments.epoch.train_epoch.
 - packed K: K grid points (AdamW, different lr and weight decay) in one ModelPack on the same
   batches, experiments.packed_epoch.train_packed_epoch; aggregate images/s = K x batch images/s.
-  --route auto runs a pack as launcher=packed does: vmap on CUDA, loop (members in turn) on CPU.
+  --route auto runs a pack as launcher=packed does: vmap on CUDA for K >= 4, loop (members in turn)
+  otherwise.
 - K sequential single runs: K runs one after another process images at the single-run rate, so
   their aggregate is the measured single-run images/s; packing speed-up = packed aggregate / that.
 Each pipeline first runs --warmup untimed steps. Then, --rounds times, every pipeline in turn
@@ -97,7 +98,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the reference pipeline")
     p.add_argument("--route", choices=("auto",) + ROUTES, default="auto",
-                   help="how a pack runs its members (auto: vmap on CUDA, loop elsewhere)")
+                   help="how a pack runs its members (auto: vmap on CUDA for K >= 4, loop otherwise)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
     p.add_argument("--json", default=None, help="also write the results here (atomically)")
     args = p.parse_args(argv)
@@ -223,10 +224,14 @@ def single_pipeline(args, ds, device, autocast):
     return steps
 
 
+def pack_route(args, device, k: int) -> str:
+    return default_route(device, k) if args.route == "auto" else args.route
+
+
 def packed_pipeline(args, ds, device, autocast, k: int):
     stream = device_loader(args, ds, device)
     nets = [trainer_net(args, device, seed) for seed in range(k)]
-    pack = ModelPack(nets, route=args.route)
+    pack = ModelPack(nets, route=pack_route(args, device, k))
     # Small learning rates: a diverging member would time NaN arithmetic instead of training.
     grid = list(itertools.product((1e-4, 3e-4, 1e-3), (1e-5, 1e-4, 1e-3, 1e-2)))
     opts = [optimizers.AdamW(optimizers.param_groups(net, wd), lr=lr, weight_decay=wd)
@@ -325,8 +330,6 @@ def run(args) -> dict:
     on_gpu = device.type == "cuda"
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.route == "auto":
-        args.route = default_route(device)
     steps = args.steps or (50 if on_gpu else 1)
     warmup = args.warmup if args.warmup is not None else (10 if on_gpu else 1)
     rounds = args.rounds or 3
@@ -366,7 +369,9 @@ def run(args) -> dict:
         "settings": {"data": args.data, "batch_size": args.batch_size, "depth": args.depth,
                      "batch_norm": args.batch_norm, "precision": args.precision, "steps": steps, "warmup": warmup,
                      "rounds": rounds, "min_time_s": min_time, "ks": args.ks, "reference_workers": args.workers,
-                     "channels_last": args.channels_last, "route": args.route, "threads": torch.get_num_threads(),
+                     "channels_last": args.channels_last, "route": args.route,
+                     "routes": {str(k): pack_route(args, device, k) for k in args.ks},
+                     "threads": torch.get_num_threads(),
                      "keep_freed_memory": two_phase, "compile": args.compile},
         "images_per_s": measured,
         "images_per_s_default_malloc": default_malloc,
@@ -401,9 +406,10 @@ def table(results: dict) -> str:
         rows.append((f"{k} sequential single runs", k, measured["single"], 1.0))
         rows.append((f"packed K={k}", k, measured[f"packed_{k}"], results["packing_speedup"][str(k)]))
     s = results["settings"]
+    routes = ", ".join(f"K={k} {r}" for k, r in s["routes"].items()) if "routes" in s else s["route"]
     lines = [f"device: {results['device']} ({results['hardware']}), torch {results['torch']}",
              f"ResNet{s['depth']} batch_norm={s['batch_norm']} batch {s['batch_size']} {s['precision']}, data "
-             f"{s['data']}, channels_last={s['channels_last']} (ours), pack route {s['route']}"
+             f"{s['data']}, channels_last={s['channels_last']} (ours), pack route {routes}"
              f"{', single run torch.compile-d' if s.get('compile') else ''}; {s['warmup']} "
              "warmup steps, then per round "
              f">= {s['min_time_s']:g} s of {s['steps']}-step measurements; median of {s['rounds']} rounds",

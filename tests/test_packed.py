@@ -21,7 +21,7 @@ import optimizers
 from experiments import run_files
 from experiments.packed import PackMember, group_into_packs, pack_key, train_pack
 from experiments.packed_epoch import train_packed_epoch
-from experiments.packed_models import ModelPack
+from experiments.packed_models import VMAP_MIN_MEMBERS, ModelPack, default_route
 from experiments.run_files import CheckpointError
 from experiments.run_info import git_commit
 from experiments.schedules import build_scheduler
@@ -173,6 +173,15 @@ def test_a_stopped_nan_member_neither_steps_nor_leaks(batch_norm, route):
     assert rows[0]["train_loss"] == pytest.approx(train_loss, rel=1e-12)
     assert not opts[1].state, "a stopped member took an optimizer step"
     assert scheds[1].last_epoch == 0 and scheds[0].last_epoch == len(data)
+
+
+def test_auto_route_runs_vmap_only_for_cuda_packs_big_enough_to_gain():
+    # No GPU needed: the choice depends on the device type and the pack size only.
+    assert default_route("cpu", 12) == "loop"
+    assert default_route("cuda", 1) == "loop"
+    assert default_route("cuda", VMAP_MIN_MEMBERS - 1) == "loop"
+    assert default_route(torch.device("cuda", 1), VMAP_MIN_MEMBERS) == "vmap"
+    assert default_route("cuda:0", 12) == "vmap"
 
 
 def test_loop_route_keeps_channels_last_members_bit_exact():
@@ -450,6 +459,7 @@ def test_benchmark_runs_every_pipeline_and_writes_its_json(tmp_path, capsys):
         results["images_per_s"]["packed_2"]["median"] / results["images_per_s"]["single"]["median"])
     table = capsys.readouterr().out
     assert "packed K=2" in table and "2 sequential single runs" in table and "single run vs reference" in table
+    assert results["settings"]["routes"] == {"1": "loop", "2": "loop"} and "K=2 loop" in table  # auto on CPU
     # CPU: a first phase with the C library's own malloc, then the trainer's (trainer.keep_freed_memory).
     plain = results["images_per_s_default_malloc"]
     assert set(plain) == {"reference", "single"} and results["settings"]["keep_freed_memory"] is True
