@@ -12,6 +12,11 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
+# Set once an online start has failed in this process. The later runs of a sweep or a pack then go
+# offline at once instead of each waiting out W&B's init timeout (90 s by default), e.g. on cluster
+# nodes that have an API key but no route to the W&B server.
+_online_failed_before = False
+
 
 def _has_api_key() -> bool:
     if os.environ.get("WANDB_API_KEY"):
@@ -33,7 +38,12 @@ def start_wandb(cfg: DictConfig, run_dir: Path, run_name: str):
         return nullcontext(None)
     import wandb
 
+    global _online_failed_before
     mode = wandb_mode(cfg.logger.mode)
+    if mode == "online" and _online_failed_before:
+        log.warning("W&B online init already failed in this process; logging offline in %s, `wandb sync` "
+                    "uploads it later", run_dir / "wandb")
+        mode = "offline"
     # A stable id per run folder lets a resumed run continue the same W&B run.
     run_id = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16]
     log.info("W&B run %s (%s mode) in %s", run_id, mode, run_dir / "wandb")
@@ -47,6 +57,7 @@ def start_wandb(cfg: DictConfig, run_dir: Path, run_name: str):
             raise
         from experiments.trainer import one_line  # here: the trainer imports this module
 
+        _online_failed_before = True
         log.warning("W&B online init failed (%s); logging offline in %s instead, `wandb sync` uploads it later",
                     one_line(exc), run_dir / "wandb")
         wandb.teardown()  # the failed online run still holds its id in the W&B service

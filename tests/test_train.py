@@ -203,17 +203,26 @@ def test_wandb_offline_run_lives_in_the_run_dir(tmp_path):
     assert summary(run_dir)["status"] == "finished"
 
 
-def test_wandb_with_a_key_but_no_network_falls_back_to_offline(tmp_path):
-    run_dir = tmp_path / "run"
-    # A configured key makes the run go online; the server address refuses connections.
+def test_wandb_with_a_key_but_no_network_falls_back_to_offline_once_per_process(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    # A configured key makes the runs go online; the server address refuses connections.
     env = cli_env(tmp_path, WANDB_API_KEY="0" * 40, WANDB_BASE_URL="http://127.0.0.1:9", WANDB_INIT_TIMEOUT="10")
     env.pop("WANDB_MODE")
-    proc = run_cli([*[a for a in TINY if a != "logger=none"], "logger=wandb", "trainer.epochs=1",
-                    f"hydra.run.dir={run_dir}"], env=env)
-    assert "W&B online init failed" in proc.stdout + proc.stderr
-    assert summary(run_dir)["status"] == "finished"
-    runs = list((run_dir / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1 and list(runs[0].glob("*.wandb")), list((run_dir / "wandb").glob("*"))
+    proc = run_cli(["-m", *[a for a in TINY if a != "logger=none"], "logger=wandb", "trainer.epochs=1", "seed=0,1",
+                    f"hydra.sweep.dir={sweep_dir}"], env=env)
+    out = proc.stdout + proc.stderr
+    # The first job of the sweep tries online and falls back; the second goes offline at once
+    # instead of waiting out the init timeout again.
+    assert out.count("W&B online init failed (") == 1, out
+    assert out.count("W&B online init already failed in this process") == 1, out
+    run_dirs = sorted(d for d in sweep_dir.iterdir() if (d / "summary.json").exists())
+    assert len(run_dirs) == 2, list(sweep_dir.iterdir())
+    for run_dir in run_dirs:
+        assert summary(run_dir)["status"] == "finished"
+        runs = list((run_dir / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1 and list(runs[0].glob("*.wandb")), list((run_dir / "wandb").glob("*"))
+    online_attempts = [r for d in run_dirs for r in (d / "wandb").glob("run-*")]
+    assert len(online_attempts) == 1, online_attempts
 
 
 def test_rerun_without_a_checkpoint_starts_over_but_keeps_the_earlier_metrics(tmp_path):
