@@ -294,10 +294,12 @@ def plot_best_curves(df: pd.DataFrame, curves: pd.DataFrame, metric: str = "test
 
 # ---------------------------------------------------------------- scale-freeness
 
-def scale_free_table(df: pd.DataFrame, metric: str = "test_acc") -> pd.DataFrame:
-    """Per method and loss multiplier c: mean/std over seeds of `metric` at the method's best
-    (lr, wd) at the reference c (1 when swept, else the smallest c). Empty unless c varies."""
+def scale_free_table(df: pd.DataFrame, metric: str = "test_acc", report: str | None = None) -> pd.DataFrame:
+    """Per method and loss multiplier c: mean/std over seeds of `report` (default: `metric`) at the
+    method's best (lr, wd) by `metric` at the reference c (1 when swept, else the smallest c).
+    Empty unless c varies."""
     column = lib.metric_column(df, metric)
+    reported = lib.metric_column(df, report) if report else column
     done = lib.completed_runs(df)
     if "loss_multiplier" not in done.columns or done["loss_multiplier"].nunique() < 2:
         return pd.DataFrame()
@@ -313,7 +315,7 @@ def scale_free_table(df: pd.DataFrame, metric: str = "test_acc") -> pd.DataFrame
         at_best = runs[(runs["lr"] == lr) & (runs["weight_decay"] == wd)]
         for c in cs:
             seeds = at_best[at_best["loss_multiplier"] == c]
-            ok = seeds.loc[seeds["status"] == "finished", column]
+            ok = seeds.loc[seeds["status"] == "finished", reported]
             rows.append({"method": lib.method_label(key), **key, "lr": lr, "weight_decay": wd,
                          "loss_multiplier": c, "mean": ok.mean(), "std": ok.std(),
                          "n_runs": len(seeds), "n_diverged": int((seeds["status"] == "diverged").sum())})
@@ -321,24 +323,28 @@ def scale_free_table(df: pd.DataFrame, metric: str = "test_acc") -> pd.DataFrame
 
 
 def plot_scale_free(df: pd.DataFrame, metric: str = "test_acc") -> Figure | None:
-    """Final metric vs loss multiplier c (log x), one line per method; None unless c varies."""
+    """Final metric vs loss multiplier c (log x), one line per method, at each method's best (lr, wd)
+    by `metric`; a second panel shows the final model norm there, where the iterates themselves
+    show whether a method is scale-free. None unless c varies."""
     table = scale_free_table(df, metric)
     if table.empty:
         return None
-    column = lib.metric_column(df, metric)
-    scale = _scale(column)
-    fig = Figure(figsize=(6, 4), layout="constrained")
-    ax = fig.subplots()
-    for method, rows in table.groupby("method", sort=False):
-        r0 = rows.iloc[0]
-        ax.errorbar(rows["loss_multiplier"], rows["mean"] * scale, yerr=rows["std"].fillna(0) * scale,
-                    marker="o", capsize=3,
-                    label=f"{method} (lr {lib.format_hparam(r0.lr)}, wd {lib.format_hparam(r0.weight_decay)})")
-    ax.set_xscale("log")
-    ax.set_xlabel("loss multiplier c")
-    ax.set_ylabel(_metric_title(column))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    panels = [(lib.metric_column(df, metric), table)]
+    if metric != "model_norm" and "final_model_norm" in df.columns and df["final_model_norm"].notna().any():
+        panels.append(("final_model_norm", scale_free_table(df, metric, report="model_norm")))
+    fig = Figure(figsize=(6 * len(panels), 4), layout="constrained")
+    for ax, (column, rows_of) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
+        scale = _scale(column)
+        for method, rows in rows_of.groupby("method", sort=False):
+            r0 = rows.iloc[0]
+            ax.errorbar(rows["loss_multiplier"], rows["mean"] * scale, yerr=rows["std"].fillna(0) * scale,
+                        marker="o", capsize=3,
+                        label=f"{method} (lr {lib.format_hparam(r0.lr)}, wd {lib.format_hparam(r0.weight_decay)})")
+        ax.set_xscale("log")
+        ax.set_xlabel("loss multiplier c")
+        ax.set_ylabel(_metric_title(column))
+        ax.grid(alpha=0.3)
+    fig.axes[0].legend(fontsize=8)
     title = lib.setting_title(df.drop(columns="loss_multiplier"))
     fig.suptitle("Scale-freeness: same hyperparameters, loss x c (flat = scale-free)"
                  + (f"\n{title}" if title else ""), fontsize=10)

@@ -324,3 +324,13 @@ def test_scale_free_plot_when_loss_multiplier_varies(tmp_path):
     fig = figures.plot_scale_free(results)
     assert fig.axes[0].get_xscale() == "log"
     assert figures.plot_scale_free(results[results.loss_multiplier == 1.0]) is None
+    # The second panel: final model norm at the configuration the accuracy picked.
+    norms = figures.scale_free_table(results, report="model_norm")
+    assert list(norms[["lr", "weight_decay"]].itertuples(index=False)) == list(
+        table[["lr", "weight_decay"]].itertuples(index=False))
+    norm_row = norms[(norms.optimizer == "adamw") & (norms.loss_multiplier == 10.0)].iloc[0]
+    assert norm_row["mean"] == pytest.approx(seeds["final_model_norm"].mean())
+    assert len(fig.axes) == 2 and fig.axes[1].get_ylabel() == figures._metric_title("final_model_norm")
+    line = fig.axes[1].get_lines()[0]
+    first = norms[norms.method == norms.method.iloc[0]]
+    assert list(line.get_ydata()) == pytest.approx(list(first["mean"] * figures._scale("final_model_norm")))
