@@ -406,7 +406,7 @@ def table(results: dict) -> str:
         rows.append((f"{k} sequential single runs", k, measured["single"], 1.0))
         rows.append((f"packed K={k}", k, measured[f"packed_{k}"], results["packing_speedup"][str(k)]))
     s = results["settings"]
-    routes = ", ".join(f"K={k} {r}" for k, r in s["routes"].items()) if "routes" in s else s["route"]
+    routes = ", ".join(f"K={k} {r}" for k, r in s["routes"].items())
     lines = [f"device: {results['device']} ({results['hardware']}), torch {results['torch']}",
              f"ResNet{s['depth']} batch_norm={s['batch_norm']} batch {s['batch_size']} {s['precision']}, data "
              f"{s['data']}, channels_last={s['channels_last']} (ours), pack route {routes}"
