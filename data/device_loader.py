@@ -20,6 +20,8 @@ class DeviceLoader:
     epoch and then advances it by one, so calling set_epoch is optional. Augmentation (default: on
     when train) is a 4-pixel zero-pad random 32x32 crop plus a random horizontal flip, done in uint8
     before normalisation. Eval (train=False) keeps the stored order. __iter__ never syncs with the host.
+    pad_last: a partial last batch is filled up to batch_size with zero images labelled -100 (which
+    cross_entropy ignores), so that every batch has one shape and a compiled model sees no new one.
     """
 
     def __init__(
@@ -37,6 +39,7 @@ class DeviceLoader:
         drop_last: bool | None = None,
         channels_last: bool = False,
         dtype: torch.dtype = torch.float32,
+        pad_last: bool = False,
     ):
         if images_u8.dtype != torch.uint8 or images_u8.ndim != 4 or images_u8.shape[1] != 3:
             raise ValueError(f"images_u8 must be uint8 [N, 3, H, W]; got {images_u8.dtype} {tuple(images_u8.shape)}")
@@ -53,6 +56,7 @@ class DeviceLoader:
         self.drop_last = self.train if drop_last is None else bool(drop_last)
         self.channels_last = channels_last
         self.dtype = dtype
+        self.pad_last = bool(pad_last)
         self.seed = int(seed)
         self.epoch = 0
         self.num_samples = images_u8.shape[0]
@@ -116,7 +120,20 @@ class DeviceLoader:
                 images, labels = self.images[index], self.labels[index]
             else:
                 images, labels = self.images[start:stop], self.labels[start:stop]
-            yield self.normalise(images), labels
+            x = self.normalise(images)
+            if self.pad_last and stop - start < self.batch_size:
+                x, labels = self._padded(x, labels)
+            yield x, labels
+
+    def _padded(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = x.shape[0]
+        full = x.new_zeros((self.batch_size, *x.shape[1:]))
+        if self.channels_last:
+            full = full.contiguous(memory_format=torch.channels_last)
+        full[:n] = x
+        full_labels = torch.full((self.batch_size,), -100, dtype=labels.dtype, device=labels.device)
+        full_labels[:n] = labels
+        return full, full_labels
 
     def __repr__(self) -> str:
         return (

@@ -5,6 +5,8 @@ from omegaconf import DictConfig
 
 VALID_DEPTHS = (20, 32, 44, 56, 110)
 PRECISIONS = ("fp32", "tf32", "bf16")
+# trainer.compile: false, or a torch.compile mode (true is taken as "default").
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
 
 class ConfigError(ValueError):
@@ -31,8 +33,11 @@ def check_config(cfg: DictConfig) -> None:
              f"trainer.batch_size must be an integer >= 1 (got {tr.batch_size})")
     _require(tr.precision in PRECISIONS,
              f"trainer.precision must be one of {', '.join(PRECISIONS)} (got {tr.precision})")
-    flags = {f"trainer.{key}": tr.get(key, False) for key in ("channels_last", "compile", "keep_freed_memory",
-                                                              "checkpoint")}
+    compile_setting = tr.get("compile", False)
+    _require(isinstance(compile_setting, bool) or compile_setting in COMPILE_MODES,
+             f"trainer.compile must be false or one of {', '.join(COMPILE_MODES)} (got {compile_setting}); "
+             "e.g. trainer.compile=reduce-overhead")
+    flags = {f"trainer.{key}": tr.get(key, False) for key in ("channels_last", "keep_freed_memory", "checkpoint")}
     flags["model.batch_norm"] = cfg.model.batch_norm
     for key, value in flags.items():
         _require(isinstance(value, bool), f"{key} must be true or false (got {value})")
@@ -49,3 +54,11 @@ def check_config(cfg: DictConfig) -> None:
                  f"data.root is not set; pass data.root=/path/to/{data.name} or set DNM_DATA_ROOT")
         # A root that does not exist yet is left to the data loader: it downloads there when the network
         # allows, and otherwise fails with the one line that names the layouts and where to get the files.
+
+
+def compile_mode(trainer_cfg: DictConfig) -> str | None:
+    """The torch.compile mode trainer.compile asks for, None for eager (false)."""
+    setting = trainer_cfg.get("compile", False)
+    if setting is False:
+        return None
+    return "default" if setting is True else str(setting)

@@ -1,11 +1,12 @@
 """Packed training: the grid points of a sweep that share model, data and schedule, trained in one process.
 
 Every member of a pack sees the same augmented batches (one loader) and keeps its own weights,
-BatchNorm statistics, optimizer, scheduler and loss multiplier (experiments/packed_models.py).
-Each member writes exactly a single run's files into its own run folder (config.yaml,
-metrics.csv, summary.json from trainer.summarize, a W&B run); the pack itself keeps one
-checkpoint and a pack.json in its pack folder. `launcher=packed` (configs/launcher/packed.yaml)
-reaches this from a Hydra sweep.
+BatchNorm statistics, optimizer state, schedule and loss multiplier (experiments/packed_models.py,
+experiments/pack_optimizer.py). The pack trains through the one driver that single runs use
+(experiments/engine.py), so each member writes exactly a single run's files into its own run
+folder (config.yaml, metrics.csv, summary.json, a W&B run); the pack itself keeps one checkpoint
+and a pack.json in its pack folder. `launcher=packed` (configs/launcher/packed.yaml) reaches this
+from a Hydra sweep.
 
 Init (`packed_init`): "shared" packs only runs with the same seed, so all members start from the
 same weights and each sees the data order of its single run. "own" lets seeds differ inside a
@@ -18,38 +19,25 @@ member's own throughput; the pack's aggregate (that times the models trained) is
 
 W&B: one run per member, logged with its whole history once the member's pack ends (W&B holds
 one live run per process at a time); an interrupted pack logs nothing until it is resumed.
+
+Member order: a new pack puts members with equal optimizer settings (all but lr and weight decay)
+next to each other, so that they step as one fused update; pack.json and the checkpoint list the
+members in that order.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from experiments import run_files, run_info
-from experiments.builders import build_model, build_optimizer, load_data, pick_device, setup_host_memory, setup_precision
 from experiments.config_checks import ConfigError, check_config
-from experiments.packed_epoch import evaluate_packed, train_packed_epoch
-from experiments.packed_models import ROUTES, ModelPack, default_route
-from experiments.schedules import build_scheduler
-from experiments.trainer import (
-    METRIC_COLUMNS,
-    is_done,
-    is_finite,
-    log_epoch,
-    make_loaders,
-    one_line,
-    record_failure,
-    show_progress,
-    summarize,
-    wandb_summary_fields,
-)
-from experiments.wandb_run import start_wandb
+from experiments.engine import PackMember, PackRun, member_state, train_members
+from experiments.packed_models import ROUTES
+from experiments.run_record import is_done, one_line, record_failure
 
 log = logging.getLogger(__name__)
 
@@ -57,19 +45,12 @@ PACKED_INITS = ("shared", "own")
 # Config keys a pack's members may differ in; everything else must be equal within a pack.
 MEMBER_KEYS = ("optimizer", "loss_multiplier")
 
-
-@dataclass
-class PackMember:
-    """One grid point: its resolved config (no hydra node), run folder and run name."""
-
-    cfg: DictConfig
-    run_dir: Path
-    run_name: str
+__all__ = ["PackMember", "train_pack", "group_into_packs", "pack_key", "pack_name", "check_pack_options"]
 
 
 def check_pack_options(packed_init: str, pack_size: int | None, route: str = "auto") -> None:
     if route != "auto" and route not in ROUTES:
-        raise ValueError(f"route must be auto, vmap or loop (got {route!r}); e.g. hydra.launcher.route=auto")
+        raise ValueError(f"route must be auto, {', '.join(ROUTES)} (got {route!r}); e.g. hydra.launcher.route=auto")
     if packed_init not in PACKED_INITS:
         raise ValueError(f"packed_init must be shared or own (got {packed_init!r}); e.g. "
                          "hydra.launcher.packed_init=shared")
@@ -125,33 +106,66 @@ def _check_shareable(cfgs: list[DictConfig], packed_init: str) -> None:
                          "packed_init=own); group them with experiments.packed.group_into_packs")
 
 
-class _Member:
-    """A trained member's mutable record during the pack."""
+class PackStore:
+    """The pack folder: checkpoint.pt for all members, and pack.json (members, route, throughput)."""
 
-    def __init__(self, member: PackMember) -> None:
-        self.spec = member
-        self.history: list[dict] = []
-        self.status = "running"
-        self.diverged_epoch: int | None = None
-        self.end_wall: float | None = None
+    def __init__(self, pack_dir: Path, packed_init: str) -> None:
+        self.pack_dir = pack_dir
+        self.path = pack_dir / "checkpoint.pt"
+        self.label = f"pack {pack_dir.name}"
+        self.packed_init = packed_init
 
-    @property
-    def extra(self) -> dict:
-        # Lets a per-run log handler (the packed launcher's) keep only this member's lines.
-        return {"pack_member": str(self.spec.run_dir)}
+    def restore(self, run: PackRun, checkpoint: dict) -> int:
+        run.pack.load_state_dict(checkpoint["model"])
+        statuses = checkpoint["statuses"]
+        running = [int(s["last_epoch"]) for s, status in zip(checkpoint["schedulers"], statuses) if status == "running"]
+        run.optimizer.set_steps(max(running, default=0))
+        for i, member in enumerate(run.members):
+            run.optimizer.load_member_state_dict(i, checkpoint["optimizers"][i], checkpoint["schedulers"][i],
+                                                 active=statuses[i] == "running", where=str(self.path))
+            member.history = list(checkpoint["histories"][i])
+            member.status = statuses[i]
+            member.diverged_epoch = checkpoint["diverged_epochs"][i]
+            member.end_wall = checkpoint["end_walls"][i]
+        run.wall_before = checkpoint["wall_time_s"]
+        run.throughput = list(checkpoint["throughput"])
+        return int(checkpoint["epoch"])
 
-    def summary(self, status: str, wall: float, device: str, error: str | None = None) -> dict:
-        m = self.spec
-        return summarize(m.cfg, m.run_dir, m.run_name, self.history, status, wall_time_s=wall, device=device,
-                         error=error, diverged_epoch=self.diverged_epoch)
+    def save(self, run: PackRun, epoch: int) -> None:
+        states = [member_state(run, i) for i in range(len(run.members))]
+        run_files.save_checkpoint(self.path, {
+            "epoch": epoch, "model": run.pack.state_dict(),
+            "optimizers": [s["optimizer"] for s in states], "schedulers": [s["scheduler"] for s in states],
+            "histories": [m.history for m in run.members], "statuses": [m.status for m in run.members],
+            "diverged_epochs": [m.diverged_epoch for m in run.members],
+            "end_walls": [m.end_wall for m in run.members], "members": [m.spec.run_name for m in run.members],
+            "packed_init": self.packed_init, "wall_time_s": run.wall(), "throughput": run.throughput,
+        })
+
+    def _info(self, run: PackRun) -> dict:
+        cfgs = [m.spec.cfg for m in run.members]
+        return {"members": [m.spec.run_name for m in run.members], "run_dirs": [str(m.spec.run_dir) for m in run.members],
+                "size": len(run.members), "route": run.route, "compile": run.compile or False,
+                "precision": str(run.lead.trainer.precision), "packed_init": self.packed_init,
+                "pack_seed": int(cfgs[0].seed), "loader_seed": int(cfgs[0].seed),
+                "init_seeds": [int(c.seed) for c in cfgs], "device": str(run.device), "throughput": run.throughput}
+
+    def on_start(self, run: PackRun) -> None:
+        run_files.write_json(self.pack_dir / "pack.json", self._info(run))
+        log.info("pack %s: training %d runs on %s (route=%s, packed_init=%s, compile=%s); members in %s",
+                 self.pack_dir.name, len(run.members), run.device, run.route, self.packed_init, run.compile or False,
+                 self.pack_dir / "pack.json")
+
+    def on_epoch(self, run: PackRun) -> None:
+        run_files.write_json(self.pack_dir / "pack.json", self._info(run))
 
 
 def train_pack(members: list[PackMember], pack_dir: str | Path, *, packed_init: str = "shared", route: str = "auto",
                base_dir: str | None = None) -> list[dict | None]:
     """Trains the members that are not finished or diverged, resuming from the pack checkpoint.
 
-    route: vmap, loop or auto (vmap on CUDA for packs of 4 or more, loop otherwise; see
-    experiments/packed_models.py).
+    route: auto (vmap on CUDA for packs of 4 or more, loop otherwise), loop, streams, vmap or
+    grouped (experiments/packed_models.py).
     Returns each member's summary (the one already on disk for members that were done, None
     for a member whose config check failed: its summary records the failure).
     """
@@ -164,10 +178,10 @@ def train_pack(members: list[PackMember], pack_dir: str | Path, *, packed_init: 
                      m.run_dir, extra={"pack_member": str(m.run_dir)})
     if all(is_done(summary) for summary in summaries):
         return summaries
-    ckpt_path = pack_dir / "checkpoint.pt"
+    store = PackStore(pack_dir, packed_init)
     # Read before anything is written, so a damaged checkpoint never leads to training over good results.
-    checkpoint = run_files.load_checkpoint(ckpt_path) if ckpt_path.exists() else None
-    indices = _members_to_train(members, summaries, checkpoint, ckpt_path)
+    checkpoint = run_files.load_checkpoint(store.path) if store.path.exists() else None
+    indices = _members_to_train(members, summaries, checkpoint, store.path)
     if checkpoint is None:
         indices = [k for k in indices if _config_ok(members[k], summaries, k)]
     else:
@@ -175,11 +189,12 @@ def train_pack(members: list[PackMember], pack_dir: str | Path, *, packed_init: 
             check_config(members[k].cfg)
     if not indices:
         return summaries
-    trained = [_Member(members[k]) for k in indices]
+    trained = [members[k] for k in indices]
+    _check_shareable([m.cfg for m in trained], packed_init)
     run_info.git_commit()  # pin the commit before training starts, as train_run does
-    _train(trained, pack_dir, ckpt_path, checkpoint, packed_init, route, base_dir)
-    for k, member in zip(indices, trained):
-        summaries[k] = run_files.read_json(member.spec.run_dir / "summary.json")
+    train_members(trained, store, checkpoint, route=route, base_dir=base_dir)
+    for k in indices:
+        summaries[k] = run_files.read_json(members[k].run_dir / "summary.json")
     return summaries
 
 
@@ -193,138 +208,3 @@ def _config_ok(member: PackMember, summaries: list, k: int) -> bool:
         log.error("%s failed: %s", member.run_name, message, extra={"pack_member": str(member.run_dir)})
         summaries[k] = None
         return False
-
-
-def _train(trained: list[_Member], pack_dir: Path, ckpt_path: Path, checkpoint: dict | None, packed_init: str,
-           route: str, base_dir: str | None) -> None:
-    cfgs = [m.spec.cfg for m in trained]
-    _check_shareable(cfgs, packed_init)
-    lead = cfgs[0]
-    pack_seed = int(lead.seed)
-    device = pick_device(lead.trainer.device)
-    setup_host_memory(lead.trainer, device)
-    autocast = setup_precision(lead.trainer.precision, device)
-    if lead.trainer.compile:
-        log.warning("trainer.compile is ignored by packed training: packs run eagerly")
-    dataset = load_data(lead, base_dir)
-    models = []
-    for cfg in cfgs:
-        # As train_run does; under packed_init=shared every member has the pack seed.
-        torch.manual_seed(int(cfg.seed))
-        models.append(build_model(cfg, len(dataset.classes), device))
-    route = default_route(device, len(trained)) if route == "auto" else route
-    pack = ModelPack(models, route=route)
-    optimizers = [build_optimizer(cfg.optimizer, model) for cfg, model in zip(cfgs, models)]
-    train_loader, test_loader = make_loaders(lead, dataset, device)
-    epochs = int(lead.trainer.epochs)
-    schedulers = [build_scheduler(opt, cfg.schedule, len(train_loader), epochs) for opt, cfg in zip(optimizers, cfgs)]
-    multipliers = [float(cfg.loss_multiplier) for cfg in cfgs]
-
-    first_epoch, wall_before, throughput = 1, 0.0, []
-    if checkpoint is not None:
-        pack.load_state_dict(checkpoint["model"])
-        for i, member in enumerate(trained):
-            optimizers[i].load_state_dict(checkpoint["optimizers"][i])
-            schedulers[i].load_state_dict(checkpoint["schedulers"][i])
-            member.history = list(checkpoint["histories"][i])
-            member.status = checkpoint["statuses"][i]
-            member.diverged_epoch = checkpoint["diverged_epochs"][i]
-            member.end_wall = checkpoint["end_walls"][i]
-        first_epoch = checkpoint["epoch"] + 1
-        wall_before = checkpoint["wall_time_s"]
-        throughput = list(checkpoint["throughput"])
-        log.info("pack %s: resuming after epoch %d from %s", pack_dir.name, checkpoint["epoch"], ckpt_path)
-    for member in trained:
-        run_files.atomic_write_text(member.spec.run_dir / "config.yaml", OmegaConf.to_yaml(member.spec.cfg,
-                                                                                           resolve=True))
-    info = {"members": [m.spec.run_name for m in trained], "run_dirs": [str(m.spec.run_dir) for m in trained],
-            "size": len(trained), "route": route, "packed_init": packed_init, "pack_seed": pack_seed,
-            "loader_seed": pack_seed, "init_seeds": [int(c.seed) for c in cfgs], "device": str(device),
-            "throughput": throughput}
-    run_files.write_json(pack_dir / "pack.json", info)
-    log.info("pack %s: training %d runs on %s (route=%s, packed_init=%s); members in %s", pack_dir.name,
-             len(trained), device, route, packed_init, pack_dir / "pack.json")
-
-    tr = lead.trainer
-    progress = show_progress(tr)
-    start = time.perf_counter()
-
-    def wall() -> float:
-        return wall_before + time.perf_counter() - start
-
-    def write(member: _Member, status: str, error: str | None = None) -> None:
-        summary = member.summary(status, member.end_wall if member.end_wall is not None else wall(), str(device),
-                                 error)
-        run_files.write_json(member.spec.run_dir / "summary.json", summary)
-
-    try:
-        for epoch in range(first_epoch, epochs + 1):
-            active = [m.status == "running" for m in trained]
-            if not any(active):
-                break
-            train_loader.set_epoch(epoch)
-            train_rows = train_packed_epoch(pack, train_loader, optimizers, schedulers, loss_multipliers=multipliers,
-                                            active=active, autocast=autocast, progress=progress,
-                                            desc=f"pack epoch {epoch}/{epochs}")
-            test_rows = evaluate_packed(pack, test_loader, autocast=autocast)
-            norms = pack.model_norms().tolist()
-            for i, member in enumerate(trained):
-                if not active[i]:
-                    continue
-                row = {"epoch": epoch, **train_rows[i], **test_rows[i], "model_norm": norms[i],
-                       "lr": optimizers[i].param_groups[0]["lr"]}
-                member.history.append({k: row[k] for k in METRIC_COLUMNS})
-                log_epoch(member.spec.run_name, epochs, row, extra=member.extra)
-                run_files.write_csv(member.spec.run_dir / "metrics.csv", member.history, METRIC_COLUMNS)
-                if not is_finite(row):
-                    member.status, member.diverged_epoch, member.end_wall = "diverged", epoch, wall()
-                    log.warning("%s diverged at epoch %d (non-finite loss or weights); stopping this run, the "
-                                "rest of its pack goes on", member.spec.run_name, epoch, extra=member.extra)
-            # images_per_s: the shared batches' rate, which every member's metrics.csv reports as its own.
-            images_per_s = train_rows[0]["images_per_s"]
-            throughput.append({"epoch": epoch, "epoch_time_s": train_rows[0]["epoch_time_s"],
-                               "models_trained": sum(active), "images_per_s": images_per_s,
-                               "model_images_per_s": images_per_s * sum(active)})
-            run_files.write_json(pack_dir / "pack.json", info)
-            if tr.checkpoint:
-                run_files.save_checkpoint(ckpt_path, {
-                    "epoch": epoch, "model": pack.state_dict(),
-                    "optimizers": [opt.state_dict() for opt in optimizers],
-                    "schedulers": [sched.state_dict() for sched in schedulers],
-                    "histories": [m.history for m in trained], "statuses": [m.status for m in trained],
-                    "diverged_epochs": [m.diverged_epoch for m in trained],
-                    "end_walls": [m.end_wall for m in trained], "members": info["members"],
-                    "packed_init": packed_init, "wall_time_s": wall(), "throughput": throughput,
-                })
-            for i, member in enumerate(trained):
-                if active[i]:
-                    write(member, member.status)
-    except KeyboardInterrupt:
-        for member in trained:
-            if member.status == "running":
-                write(member, "interrupted", error="interrupted; run the same command again to resume from the "
-                                                   "last epoch")
-        raise
-    for member in trained:
-        if member.status == "running":
-            member.status, member.end_wall = "finished", wall()
-        write(member, member.status)
-    _log_to_wandb(trained)
-
-
-def _log_to_wandb(trained: list[_Member]) -> None:
-    """Each member's W&B run with its whole history, one after another (one live W&B run per process)."""
-    for member in trained:
-        m = member.spec
-        summary = run_files.read_json(m.run_dir / "summary.json") or {}
-        try:
-            with start_wandb(m.cfg, m.run_dir, m.run_name) as wandb_run:
-                if wandb_run is None:
-                    continue
-                for row in member.history:
-                    wandb_run.log(row, step=row["epoch"])
-                wandb_run.summary.update(wandb_summary_fields(summary))
-        except Exception as exc:  # the run's results are on disk; W&B is a copy
-            log.warning("%s: W&B logging failed (%s: %s); metrics.csv and summary.json are complete",
-                        m.run_name, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "",
-                        extra=member.extra)

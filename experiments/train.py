@@ -11,7 +11,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.trainer import one_line, record_failure, train_run
+from experiments.run_record import one_line, record_failure
+from experiments.trainer import train_run
 
 log = logging.getLogger("experiments.train")
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from experiments.run_record import one_line
+
 log = logging.getLogger(__name__)
 
 # Set once an online start has failed in this process. The later runs of a sweep or a pack then go
@@ -55,8 +57,6 @@ def start_wandb(cfg: DictConfig, run_dir: Path, run_name: str):
     except Exception as exc:  # noqa: BLE001 - no network, a bad key, a server down: the training must go on
         if mode != "online":
             raise
-        from experiments.trainer import one_line  # here: the trainer imports this module
-
         _online_failed_before = True
         log.warning("W&B online init failed (%s); logging offline in %s instead, `wandb sync` uploads it later",
                     one_line(exc), run_dir / "wandb")

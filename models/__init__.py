@@ -3,6 +3,7 @@
 from models.resnet import (
     BasicBlock,
     CifarResNet,
+    PackedLinear,
     ShortcutA,
     blocks_per_stage,
     build_model,
@@ -17,6 +18,7 @@ from models.resnet import (
 __all__ = [
     "BasicBlock",
     "CifarResNet",
+    "PackedLinear",
     "ShortcutA",
     "blocks_per_stage",
     "build_model",

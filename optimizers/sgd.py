@@ -9,10 +9,11 @@ from .base import ScheduledOptimizer, check_nonnegative
 from .tensor_ops import FOREACH, PER_TENSOR, group_by_device_and_dtype
 
 
-def sgd_update(ops, params, grads, momentum_buffers, *, lr: float, momentum: float, wd: float, eta: float,
+def sgd_update(ops, params, grads, momentum_buffers, *, lr: float, momentum: float, wd: float | None, eta: float,
                decoupled: bool) -> None:
-    """Heavy-ball step on tensors (PER_TENSOR) or lists (FOREACH), in torch.optim.SGD's op order."""
-    if wd != 0:
+    """Heavy-ball step on tensors (PER_TENSOR), lists (FOREACH) or member rows (BROADCAST), in torch.optim.SGD's
+    op order. wd None: no weight decay (a caller with per-member tensors cannot ask `wd != 0`)."""
+    if wd is not None:
         if decoupled:
             ops.mul_(params, 1 - eta * wd)
         else:
@@ -53,7 +54,7 @@ class SGD(ScheduledOptimizer):
                 buffers.append(state["momentum_buffer"])
         else:
             buffers = [None] * len(params)
-        hyper = dict(lr=group["lr"], momentum=momentum, wd=group["weight_decay"],
+        hyper = dict(lr=group["lr"], momentum=momentum, wd=group["weight_decay"] or None,
                      eta=self.schedule_multiplier(group), decoupled=self.decoupled)
         if group["foreach"]:
             for (p_, g_, b_), _ in group_by_device_and_dtype([params, grads, buffers]):

@@ -1,8 +1,9 @@
-"""The two code paths as interchangeable op sets: update rules are written once against `ops`.
+"""The code paths as interchangeable op sets: update rules are written once against `ops`.
 
 FOREACH applies each op to a list of tensors (torch._foreach_*, multi-tensor kernels);
-PER_TENSOR applies the same op to one tensor. Same ops in the same order, so both paths
-round identically.
+PER_TENSOR applies the same op to one tensor. BROADCAST applies it to the rows of stacked
+members ([K, n] views, optimizers/fused.py) where a hyperparameter may be a [K, 1] float64 tensor,
+one value per member. Same ops in the same order, so every path rounds identically.
 """
 from __future__ import annotations
 
@@ -33,6 +34,44 @@ PER_TENSOR = SimpleNamespace(
     lerp_=torch.Tensor.lerp_,
     addcmul_=lambda x, a, b, value: x.addcmul_(a, b, value=value),
     addcdiv_=lambda x, a, b, value: x.addcdiv_(a, b, value=value),
+)
+
+
+def _like(value, tensor: torch.Tensor):
+    """A float64 hyperparameter tensor in `tensor`'s dtype: the cast a Python scalar gets inside a kernel."""
+    return value.to(tensor.dtype) if isinstance(value, torch.Tensor) else value
+
+
+def _broadcast_add(x, other, alpha=1):
+    # x + alpha*other; a tensor alpha goes through addcmul, which rounds as add's alpha does.
+    if isinstance(alpha, torch.Tensor):
+        return torch.addcmul(x, other, _like(alpha, x))
+    return torch.add(x, _like(other, x), alpha=alpha)
+
+
+def _broadcast_add_(x, other, alpha=1):
+    if isinstance(alpha, torch.Tensor):
+        return x.addcmul_(other, _like(alpha, x))
+    return x.add_(_like(other, x), alpha=alpha)
+
+
+def _broadcast_addcdiv_(x, t1, t2, value):
+    # addcdiv's own order, value * t1 / t2 then + x, since addcdiv takes no tensor value.
+    if isinstance(value, torch.Tensor):
+        return x.add_(t1.mul(_like(value, t1)).div_(t2))
+    return x.addcdiv_(t1, t2, value=value)
+
+
+BROADCAST = SimpleNamespace(
+    add=_broadcast_add,
+    add_=_broadcast_add_,
+    mul_=lambda x, value: x.mul_(_like(value, x)),
+    div_=lambda x, value: x.div_(_like(value, x)),
+    sqrt=torch.sqrt,
+    reciprocal_=torch.Tensor.reciprocal_,
+    lerp_=lambda x, end, weight: x.lerp_(end, weight),
+    addcmul_=lambda x, a, b, value: x.addcmul_(a, b, value=value),
+    addcdiv_=_broadcast_addcdiv_,
 )
 
 

@@ -1,22 +1,26 @@
-"""Training throughput, side by side on one device: reference pipeline, single-run trainer, packed grids.
+"""Training throughput, side by side on one device: reference pipeline, single runs, packs per route, processes.
 
     python scripts/benchmark.py [--device auto|cpu|cuda] [--data synthetic|cifar10 --data-root PATH]
-                                [--steps N] [--ks 1,4,12] [--batch-size 128] [--json results/bench.json]
+                                [--steps N] [--ks 4,12,24] [--routes loop,vmap,grouped] [--packs K:ROUTE[:MODE],...]
+                                [--compile default,reduce-overhead] [--processes 2,4] [--json results/bench.json]
 
-Pipelines, all ResNet20 (BatchNorm off, as in the post's experiment; --batch-norm for on), fp32:
+Pipelines, all ResNet20 (BatchNorm off, as in the post's experiment; --batch-norm for on):
 - reference: torchvision DataLoader over PIL images (RandomCrop(32, padding=4), RandomHorizontalFlip,
   ToTensor, Normalize), the model in NCHW, torch.optim.AdamW(foreach=False).
-- single: the trainer's own path: data.DeviceLoader, optimizers.AdamW (foreach) and
-  experiments.epoch.train_epoch.
-- packed K: K grid points (AdamW, different lr and weight decay) in one ModelPack on the same
-  batches, experiments.packed_epoch.train_packed_epoch; aggregate images/s = K x batch images/s.
-  --route auto runs a pack as launcher=packed does: vmap on CUDA for K >= 4, loop (members in turn)
-  otherwise.
+- single: what `python -m experiments.train` runs: a pack of one (experiments/engine.py) with
+  data.DeviceLoader, the fused optimizer (optimizers.AdamW's update) and experiments.epoch.train_epoch;
+  single_<mode>: the same with trainer.compile=<mode>, for each mode of --compile.
+- packed_<K>_<route>[_<mode>]: K grid points (AdamW, different lr and weight decay) in one pack on the
+  same batches, as launcher=packed runs them; aggregate images/s = K x batch images/s. --ks x --routes
+  give the eager packs (route auto: what launcher=packed picks); --packs adds any K:route:mode.
+- processes_<N>: N single runs at once in N processes on the one device, as launcher=joblib with
+  n_jobs=N runs them (the baseline a user tries first); aggregate = the sum of their images/s.
 - K sequential single runs: K runs one after another process images at the single-run rate, so
   their aggregate is the measured single-run images/s; packing speed-up = packed aggregate / that.
-Each pipeline first runs --warmup untimed steps. Then, --rounds times, every pipeline in turn
-(interleaved, so that load changes hit all alike) is timed over repeats of --steps steps lasting
-at least --min-time seconds; the table reports the median and the range over rounds.
+Each pipeline first runs --warmup untimed steps (a compiled one compiles there). Then, --rounds times,
+every in-process pipeline in turn (interleaved, so that load changes hit all alike) is timed over
+repeats of --steps steps lasting at least --min-time seconds; the table reports the median and the
+range over rounds. Process pipelines need the device to themselves, so they run after those rounds.
 
 On CPU the trainer also sets glibc's malloc to keep freed memory (trainer.keep_freed_memory). That
 setting is process-wide and cannot be undone, so a CPU benchmark runs in two phases: first reference
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import multiprocessing
 import os
 import platform
 import statistics
@@ -51,12 +56,16 @@ import data as datasets  # noqa: E402
 import models  # noqa: E402
 import optimizers  # noqa: E402
 from experiments.builders import pick_device, setup_precision  # noqa: E402
+from experiments.config_checks import COMPILE_MODES  # noqa: E402
 from experiments.cpu_memory import keep_freed_memory  # noqa: E402
-from experiments.epoch import train_epoch  # noqa: E402
-from experiments.packed_epoch import train_packed_epoch  # noqa: E402
+from experiments.epoch import TrainStep, train_epoch  # noqa: E402
+from experiments.pack_optimizer import PackOptimizer  # noqa: E402
 from experiments.packed_models import ROUTES, ModelPack, default_route  # noqa: E402
 from experiments.run_files import write_json  # noqa: E402
 from experiments.run_info import git_commit  # noqa: E402
+from experiments.schedules import ScheduleSpec  # noqa: E402
+
+CONSTANT = ScheduleSpec("constant")
 
 
 def _trainer_default(key: str) -> bool:
@@ -69,6 +78,32 @@ class BenchmarkError(ValueError):
     """A benchmark option that cannot work; the message says what to pass instead."""
 
 
+def _int_list(text: str, option: str, example: str) -> list[int]:
+    try:
+        values = sorted({int(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        raise BenchmarkError(f"{option} must be comma-separated integers, e.g. {example} (got {text!r})") from None
+    if not values or min(values) < 1:
+        raise BenchmarkError(f"{option} needs integers >= 1, e.g. {example} (got {values})")
+    return values
+
+
+def _pack_specs(args) -> list[tuple[int, str, str | None]]:
+    """(K, route, compile mode or None) of every pack pipeline: --ks x --routes eager, then --packs."""
+    specs = [(k, route, None) for route in args.routes for k in args.ks]
+    for item in filter(None, (x.strip() for x in (args.packs or "").split(","))):
+        parts = item.split(":")
+        if len(parts) not in (2, 3) or not parts[0].isdigit() or int(parts[0]) < 1:
+            raise BenchmarkError(f"--packs takes K:ROUTE[:MODE] items, e.g. 24:grouped:reduce-overhead (got {item!r})")
+        route, mode = parts[1], parts[2] if len(parts) == 3 else None
+        if route not in ("auto",) + ROUTES:
+            raise BenchmarkError(f"--packs route must be auto or one of {', '.join(ROUTES)} (got {route!r})")
+        if mode is not None and mode not in COMPILE_MODES:
+            raise BenchmarkError(f"--packs mode must be one of {', '.join(COMPILE_MODES)} (got {mode!r})")
+        specs.append((int(parts[0]), route, mode))
+    return list(dict.fromkeys(specs))
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda[:N]")
@@ -77,7 +112,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="CIFAR-10 folder for --data cifar10 (default $DNM_DATA_ROOT)")
     p.add_argument("--steps", type=int, default=None, help="timed steps per measurement (default: cpu 1, cuda 50)")
     p.add_argument("--warmup", type=int, default=None,
-                   help="untimed steps before a pipeline's first measurement (default: cpu 1, cuda 10)")
+                   help="untimed steps before a pipeline's first measurement (default: cpu 1, cuda 10; "
+                        "compiled pipelines at least 3)")
     p.add_argument("--rounds", type=int, default=None,
                    help="interleaved repeats of every measurement; medians reported (default: 3)")
     p.add_argument("--min-time", type=float, default=None,
@@ -89,25 +125,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    default=_trainer_default("keep_freed_memory"),
                    help="on CPU, measure a second phase with the trainer's malloc setting (default: "
                         "trainer.keep_freed_memory of configs/trainer/default.yaml)")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the single run's model, as trainer.compile=true (compiles in the warmup)")
+    p.add_argument("--compile", default="",
+                   help=f"also time the single run compiled in these modes ({', '.join(COMPILE_MODES)}), "
+                        "as trainer.compile=MODE; comma-separated")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--ks", default="1,4,12", help="pack sizes to measure, comma-separated")
+    p.add_argument("--ks", default=None, help="pack sizes to measure, comma-separated (default: cpu 1,4,12; cuda "
+                                              "4,12,24)")
+    p.add_argument("--routes", default=None,
+                   help=f"routes of the --ks packs: auto (as launcher=packed picks) or {', '.join(ROUTES)}, "
+                        "comma-separated (default: cpu auto; cuda all four)")
+    p.add_argument("--route", default=None, help="one route for the --ks packs (same as --routes ROUTE)")
+    p.add_argument("--packs", default="", help="more packs as K:ROUTE[:MODE], e.g. 24:grouped:reduce-overhead")
+    p.add_argument("--processes", default="", help="also time N concurrent single-run processes, for each N given")
     p.add_argument("--depth", type=int, default=20)
     p.add_argument("--batch-norm", action="store_true", help="ResNet with BatchNorm (default: off, as the post)")
     p.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the reference pipeline")
-    p.add_argument("--route", choices=("auto",) + ROUTES, default="auto",
-                   help="how a pack runs its members (auto: vmap on CUDA for K >= 4, loop otherwise)")
+    p.add_argument("--no-reference", action="store_true", help="skip the reference pipeline (ratios are then to "
+                                                               "the single run only)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
     p.add_argument("--json", default=None, help="also write the results here (atomically)")
     args = p.parse_args(argv)
-    try:
-        args.ks = sorted({int(k) for k in args.ks.split(",") if k.strip()})
-    except ValueError:
-        raise BenchmarkError(f"--ks must be comma-separated integers, e.g. 1,4,12 (got {args.ks!r})") from None
-    if not args.ks or min(args.ks) < 1:
-        raise BenchmarkError(f"--ks needs pack sizes >= 1, e.g. 1,4,12 (got {args.ks})")
+    on_gpu = pick_device(args.device).type == "cuda"
+    args.ks = _int_list(args.ks or ("4,12,24" if on_gpu else "1,4,12"), "--ks", "1,4,12")
+    routes = args.route or args.routes or (",".join(ROUTES) if on_gpu else "auto")
+    args.routes = [r.strip() for r in routes.split(",") if r.strip()]
+    bad = [r for r in args.routes if r not in ("auto",) + ROUTES]
+    if bad or not args.routes:
+        raise BenchmarkError(f"--routes takes auto or {', '.join(ROUTES)} (got {routes!r})")
+    args.compile = [m.strip() for m in args.compile.split(",") if m.strip()]
+    bad = [m for m in args.compile if m not in COMPILE_MODES]
+    if bad:
+        raise BenchmarkError(f"--compile takes {', '.join(COMPILE_MODES)} (got {bad[0]!r})")
+    args.processes = _int_list(args.processes, "--processes", "2,4") if args.processes.strip() else []
+    args.pack_specs = _pack_specs(args)
     if args.min_time is not None and args.min_time < 0:
         raise BenchmarkError(f"--min-time must be >= 0 seconds (got {args.min_time})")
     for name in ("steps", "warmup", "rounds", "batch_size", "threads"):
@@ -150,10 +201,6 @@ class PILImages(torch.utils.data.Dataset):
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def constant_scheduler(optimizer):
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 
 def build_net(args, device, seed: int) -> torch.nn.Module:
@@ -208,42 +255,86 @@ def images_and_seconds(row: dict, models_trained: int = 1) -> tuple[float, float
     return row["images_per_s"] * row["epoch_time_s"] * models_trained, row["epoch_time_s"]
 
 
-def single_pipeline(args, ds, device, autocast):
+# Small learning rates: a diverging member would time NaN arithmetic instead of training.
+GRID = list(itertools.product((1e-4, 3e-4, 1e-3), (1e-5, 1e-4, 1e-3, 1e-2)))
+
+
+def engine_pipeline(args, ds, device, autocast, *, members: int, route: str, mode: str | None):
+    """What the engine trains (experiments/engine.py): a pack of `members` on one shared loader; K = 1 on the
+    loop route is exactly a single run."""
     stream = device_loader(args, ds, device)
-    model = trainer_net(args, device, 0)
-    opt = optimizers.AdamW(optimizers.param_groups(model, 1e-4), lr=1e-3, weight_decay=1e-4)
-    sched = constant_scheduler(opt)
-
-    forward = torch.compile(model) if args.compile else model  # as trainer.compile=true does
-
-    def steps(n: int) -> tuple[float, float]:
-        row = train_epoch(forward, stream.take(n), opt, sched, loss_multiplier=1.0, autocast=autocast,
-                          progress=False)
-        return images_and_seconds(row)
-
-    return steps
-
-
-def pack_route(args, device, k: int) -> str:
-    return default_route(device, k) if args.route == "auto" else args.route
-
-
-def packed_pipeline(args, ds, device, autocast, k: int):
-    stream = device_loader(args, ds, device)
-    nets = [trainer_net(args, device, seed) for seed in range(k)]
-    pack = ModelPack(nets, route=pack_route(args, device, k))
-    # Small learning rates: a diverging member would time NaN arithmetic instead of training.
-    grid = list(itertools.product((1e-4, 3e-4, 1e-3), (1e-5, 1e-4, 1e-3, 1e-2)))
+    nets = [trainer_net(args, device, seed) for seed in range(members)]
+    pack = ModelPack(nets, route=route)
     opts = [optimizers.AdamW(optimizers.param_groups(net, wd), lr=lr, weight_decay=wd)
-            for net, (lr, wd) in zip(nets, itertools.cycle(grid))]
-    scheds = [constant_scheduler(o) for o in opts]
+            for net, (lr, wd) in zip(nets, itertools.cycle(GRID))]
+    # A constant schedule over a horizon the benchmark never reaches.
+    step = TrainStep(pack, PackOptimizer(pack, opts, CONSTANT, 10**9, 1), [1.0] * members, autocast)
+    if mode is not None:
+        step.compile(mode)
 
     def steps(n: int) -> tuple[float, float]:
-        rows = train_packed_epoch(pack, stream.take(n), opts, scheds, loss_multipliers=[1.0] * k, active=[True] * k,
-                                  autocast=autocast)
-        return images_and_seconds(rows[0], k)  # aggregate: every member trained on every image
+        rows = train_epoch(step, stream.take(n))
+        return images_and_seconds(rows[0], members)  # aggregate: every member trained on every image
 
     return steps
+
+
+def pack_route(args, device, k: int, route: str) -> str:
+    return default_route(device, k) if route == "auto" else route
+
+
+def pack_pipeline_name(k: int, route: str, mode: str | None) -> str:
+    return f"packed_{k}_{route}" + (f"_{mode}" if mode else "")
+
+
+def _process_worker(args, device_name: str, ready, start, results) -> None:
+    """One of N concurrent single runs: builds and warms up, waits for all, then trains for --min-time seconds."""
+    try:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        device = pick_device(device_name)
+        autocast = setup_precision(args.precision, device)
+        ds = synthetic_data(args, args.warmup_steps + args.timed_steps)
+        measure = engine_pipeline(args, ds, device, autocast, members=1, route="loop", mode=None)
+        measure(max(args.warmup_steps, 1))
+        ready.wait()
+        start.wait()
+        images = seconds = 0.0
+        while seconds == 0 or seconds < args.min_time_s:
+            more_images, more_seconds = measure(args.timed_steps)
+            images, seconds = images + more_images, seconds + more_seconds
+        results.put((images, seconds))
+    except Exception as exc:  # noqa: BLE001 - reported by the parent
+        results.put(exc)
+
+
+def processes_pipeline(args, device: torch.device, n: int) -> tuple[float, list[float]]:
+    """Aggregate images/s of n single runs training at the same time in n processes (as launcher=joblib)."""
+    ctx = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+    ready, start, results = ctx.Barrier(n + 1), ctx.Barrier(n + 1), ctx.Queue()
+    procs = [ctx.Process(target=_process_worker, args=(args, str(device), ready, start, results)) for _ in range(n)]
+    for proc in procs:
+        proc.start()
+    try:
+        ready.wait(timeout=600)
+        start.wait(timeout=60)
+        outcomes = [results.get(timeout=600) for _ in range(n)]
+    finally:
+        for proc in procs:
+            proc.join(timeout=60)
+            if proc.is_alive():
+                proc.kill()
+    failed = [o for o in outcomes if isinstance(o, Exception)]
+    if failed:
+        raise RuntimeError(f"a benchmark process failed: {failed[0]}")
+    rates = [images / seconds for images, seconds in outcomes]
+    return sum(rates), rates
+
+
+def synthetic_data(args, steps: int):
+    if args.data == "synthetic":
+        return datasets.load_dataset("synthetic", None, synthetic_size=(max(args.batch_size * steps, 2048), 16))
+    return datasets.load_dataset("cifar10", args.data_root)
 
 
 def hardware(device: torch.device) -> str:
@@ -297,15 +388,15 @@ def minor_faults() -> int | None:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def measure_rounds(pipelines: dict, *, rounds: int, warmup: int, steps: int, min_time: float, phase: str,
+def measure_rounds(pipelines: dict, *, rounds: int, warmups: dict[str, int], steps: int, min_time: float, phase: str,
                    warmed: set) -> tuple[dict[str, list[float]], dict[str, float | None]]:
     """Interleaved rounds; returns images/s per round and page faults per step (medians) of each pipeline."""
     samples: dict[str, list[float]] = {name: [] for name in pipelines}
     faults: dict[str, list[float]] = {name: [] for name in pipelines}
     for r in range(rounds):
         for name, measure in pipelines.items():
-            if warmup and name not in warmed:  # each pipeline keeps its model, loader and caches between rounds
-                measure(warmup)
+            if warmups[name] and name not in warmed:  # each keeps its model, loader and caches between rounds
+                measure(warmups[name])
                 warmed.add(name)
             images = seconds = 0.0
             calls, faults_before = 0, minor_faults()
@@ -334,20 +425,32 @@ def run(args) -> dict:
     warmup = args.warmup if args.warmup is not None else (10 if on_gpu else 1)
     rounds = args.rounds or 3
     min_time = args.min_time if args.min_time is not None else (2.0 if on_gpu else 3.0)
+    args.warmup_steps, args.timed_steps, args.min_time_s = warmup, steps, min_time
     autocast = setup_precision(args.precision, device)
-    need = args.batch_size * (warmup + steps)
-    if args.data == "synthetic":
-        ds = datasets.load_dataset("synthetic", None, synthetic_size=(max(need, 2048), 16))
-    else:
-        ds = datasets.load_dataset("cifar10", args.data_root)
+    ds = synthetic_data(args, warmup + steps)
 
-    pipelines = {"reference": reference_pipeline(args, ds, device, autocast),
-                 "single": single_pipeline(args, ds, device, autocast)}
-    for k in args.ks:
-        pipelines[f"packed_{k}"] = packed_pipeline(args, ds, device, autocast, k)
-    timing = dict(rounds=rounds, warmup=warmup, steps=steps, min_time=min_time, warmed=set())
+    pipelines, kinds = {}, {}
+    if not args.no_reference:
+        pipelines["reference"] = reference_pipeline(args, ds, device, autocast)
+        kinds["reference"] = {"kind": "reference", "members": 1}
+    pipelines["single"] = engine_pipeline(args, ds, device, autocast, members=1, route="loop", mode=None)
+    kinds["single"] = {"kind": "single", "members": 1, "route": "loop", "compile": None}
+    for mode in args.compile:
+        name = f"single_{mode}"
+        pipelines[name] = engine_pipeline(args, ds, device, autocast, members=1, route="loop", mode=mode)
+        kinds[name] = {"kind": "single", "members": 1, "route": "loop", "compile": mode}
+    for k, route, mode in args.pack_specs:
+        resolved = pack_route(args, device, k, route)
+        name = pack_pipeline_name(k, resolved, mode)
+        if name in pipelines:
+            continue
+        pipelines[name] = engine_pipeline(args, ds, device, autocast, members=k, route=resolved, mode=mode)
+        kinds[name] = {"kind": "pack", "members": k, "route": resolved, "compile": mode, "asked": route}
+    # Compiled pipelines compile in their warmup and need a few steps for CUDA graphs to be recorded.
+    warmups = {name: max(warmup, 3) if kinds[name].get("compile") else warmup for name in pipelines}
+    timing = dict(rounds=rounds, warmups=warmups, steps=steps, min_time=min_time, warmed=set())
     # Phase 1 only where the trainer would change the process's malloc: CPU runs with the setting on.
-    two_phase = device.type == "cpu" and args.keep_freed_memory
+    two_phase = device.type == "cpu" and args.keep_freed_memory and not args.no_reference
     default_malloc = None
     if two_phase:
         plain = {name: pipelines[name] for name in ("reference", "single")}
@@ -355,10 +458,20 @@ def run(args) -> dict:
         if not keep_freed_memory():
             print("this C library is not glibc: phase 2 runs with the same malloc as phase 1", file=sys.stderr)
     measured = summarize_samples(*measure_rounds(pipelines, phase="trainer malloc: " if two_phase else "", **timing))
+    for n in args.processes:
+        samples = []
+        for r in range(rounds):
+            total, rates = processes_pipeline(args, device, n)
+            samples.append(total)
+            print(f"round {r + 1}/{rounds} processes_{n}: {total:.1f} images/s ({', '.join(f'{x:.0f}' for x in rates)})",
+                  file=sys.stderr, flush=True)
+        measured[f"processes_{n}"] = {"median": statistics.median(samples), "samples": samples, "faults_per_step": None}
+        kinds[f"processes_{n}"] = {"kind": "processes", "members": n}
 
     median = {name: m["median"] for name, m in measured.items()}
     single = median["single"]
-    plain_reference = default_malloc["reference"]["median"] if default_malloc else median["reference"]
+    reference = median.get("reference")
+    plain_reference = default_malloc["reference"]["median"] if default_malloc else reference
     flops = step_flops(args, device, autocast)
     peak = matmul_flops_per_s(device, autocast)
     bound = args.batch_size * peak / flops
@@ -369,26 +482,43 @@ def run(args) -> dict:
         "settings": {"data": args.data, "batch_size": args.batch_size, "depth": args.depth,
                      "batch_norm": args.batch_norm, "precision": args.precision, "steps": steps, "warmup": warmup,
                      "rounds": rounds, "min_time_s": min_time, "ks": args.ks, "reference_workers": args.workers,
-                     "channels_last": args.channels_last, "route": args.route,
-                     "routes": {str(k): pack_route(args, device, k) for k in args.ks},
-                     "threads": torch.get_num_threads(),
-                     "keep_freed_memory": two_phase, "compile": args.compile},
+                     "channels_last": args.channels_last, "routes": args.routes, "compile": args.compile,
+                     "processes": args.processes, "threads": torch.get_num_threads(), "keep_freed_memory": two_phase},
+        "pipelines": kinds,
         "images_per_s": measured,
         "images_per_s_default_malloc": default_malloc,
-        "single_vs_reference": single / median["reference"],
-        "trainer_vs_plain_reference": single / plain_reference,
-        "sequential_images_per_s": {str(k): single for k in args.ks},
-        "packing_speedup": {str(k): median[f"packed_{k}"] / single for k in args.ks},
+        "single_vs_reference": single / reference if reference else None,
+        "trainer_vs_plain_reference": single / plain_reference if plain_reference else None,
+        # K sequential single runs train at the single run's rate; a pack or N processes against that.
+        "speedup_vs_sequential": {name: m / single for name, m in median.items()
+                                  if kinds[name]["kind"] in ("pack", "processes")},
+        "compile_speedup": {kinds[name]["compile"]: m / single for name, m in median.items()
+                            if kinds[name]["kind"] == "single" and kinds[name]["compile"]},
         "roofline": {"step_flops": flops, "matmul_flops_per_s": peak, "images_per_s_bound": bound,
-                     "bound_vs_reference": bound / plain_reference,
+                     "bound_vs_reference": bound / plain_reference if plain_reference else None,
                      "fraction_of_bound": {name: m / bound for name, m in median.items()}},
     }
+    results["best_route"] = best_routes(results)
     return results
 
 
+def best_routes(results: dict) -> dict[str, dict]:
+    """Per pack size, the fastest pack pipeline measured (what route=auto should follow)."""
+    best: dict[str, dict] = {}
+    for name, kind in results["pipelines"].items():
+        if kind["kind"] != "pack":
+            continue
+        rate = results["images_per_s"][name]["median"]
+        key = str(kind["members"])
+        if key not in best or rate > best[key]["images_per_s"]:
+            best[key] = {"route": kind["route"], "compile": kind["compile"], "images_per_s": rate, "pipeline": name}
+    return best
+
+
 def table(results: dict) -> str:
-    measured, plain = results["images_per_s"], results["images_per_s_default_malloc"]
-    ref = measured["reference"]["median"]
+    measured, plain, kinds = results["images_per_s"], results["images_per_s_default_malloc"], results["pipelines"]
+    single = measured["single"]["median"]
+    ref = measured["reference"]["median"] if "reference" in measured else None
 
     def spread(values: list[float]) -> str:
         return f"{min(values):.0f}-{max(values):.0f}"
@@ -396,41 +526,54 @@ def table(results: dict) -> str:
     def faults(entry: dict) -> str:
         return "" if entry.get("faults_per_step") is None else f"{entry['faults_per_step']:.0f}"
 
+    def label(name: str) -> str:
+        kind = kinds[name]
+        mode = f", compile {kind['compile']}" if kind.get("compile") else ""
+        if kind["kind"] == "reference":
+            return "reference (DataLoader+PIL, AdamW foreach=False)"
+        if kind["kind"] == "single":
+            return f"single run (DeviceLoader, fused AdamW{mode})"
+        if kind["kind"] == "processes":
+            return f"{kind['members']} single-run processes at once"
+        return f"packed K={kind['members']} ({kind['route']}{mode})"
+
     rows = []
     if plain:
-        rows += [("reference, default malloc", 1, plain["reference"], None),
-                 ("single run, default malloc", 1, plain["single"], None)]
-    rows += [("reference (DataLoader+PIL, AdamW foreach=False)", 1, measured["reference"], None),
-             ("single run (DeviceLoader, AdamW foreach)", 1, measured["single"], None)]
-    for k in results["settings"]["ks"]:
-        rows.append((f"{k} sequential single runs", k, measured["single"], 1.0))
-        rows.append((f"packed K={k}", k, measured[f"packed_{k}"], results["packing_speedup"][str(k)]))
+        rows += [("reference, default malloc", 1, plain["reference"]), ("single run, default malloc", 1, plain["single"])]
+    rows += [(label(name), kinds[name]["members"], entry) for name, entry in measured.items()]
     s = results["settings"]
-    routes = ", ".join(f"K={k} {r}" for k, r in s["routes"].items())
     lines = [f"device: {results['device']} ({results['hardware']}), torch {results['torch']}",
              f"ResNet{s['depth']} batch_norm={s['batch_norm']} batch {s['batch_size']} {s['precision']}, data "
-             f"{s['data']}, channels_last={s['channels_last']} (ours), pack route {routes}"
-             f"{', single run torch.compile-d' if s.get('compile') else ''}; {s['warmup']} "
-             "warmup steps, then per round "
+             f"{s['data']}, channels_last={s['channels_last']} (ours); {s['warmup']} warmup steps, then per round "
              f">= {s['min_time_s']:g} s of {s['steps']}-step measurements; median of {s['rounds']} rounds",
              "",
-             f"{'pipeline':<50} {'models':>6} {'aggregate img/s':>16} {'(range)':>11} {'per model':>10} "
+             f"{'pipeline':<52} {'models':>6} {'aggregate img/s':>16} {'(range)':>13} {'per model':>10} "
              f"{'vs ref':>7} {'vs seq':>7} {'faults/step':>12}"]
-    for name, k, entry, vs_seq in rows:
+    for name, k, entry in rows:
         agg = entry["median"]
-        lines.append(f"{name:<50} {k:>6} {agg:>16.1f} {spread(entry['samples']):>11} {agg / k:>10.1f} "
-                     f"{agg / ref:>6.2f}x {'' if vs_seq is None else f'{vs_seq:.2f}x':>7} {faults(entry):>12}")
-    lines += ["", f"single run vs reference, same process settings: {results['single_vs_reference']:.2f}x"]
+        vs_ref = f"{agg / ref:.2f}x" if ref else ""
+        vs_seq = f"{agg / single:.2f}x" if k > 1 or "K=1 " in name else ""
+        lines.append(f"{name:<52} {k:>6} {agg:>16.1f} {spread(entry['samples']):>13} {agg / k:>10.1f} "
+                     f"{vs_ref:>7} {vs_seq:>7} {faults(entry):>12}")
+    lines.append("")
+    if results["single_vs_reference"]:
+        lines.append(f"single run vs reference, same process settings: {results['single_vs_reference']:.2f}x")
     if plain:
         lines.append(f"single run (trainer malloc) vs reference (default malloc), i.e. trainer vs plain script: "
                      f"{results['trainer_vs_plain_reference']:.2f}x (across the two phases)")
-    lines += [f"packing speed-up K={k} vs {k} sequential runs: {v:.2f}x" for k, v in results["packing_speedup"].items()]
+    for mode, v in results["compile_speedup"].items():
+        lines.append(f"single run compiled ({mode}) vs eager: {v:.2f}x")
+    for name, v in results["speedup_vs_sequential"].items():
+        lines.append(f"{label(name)} vs {kinds[name]['members']} sequential single runs: {v:.2f}x")
+    for k, b in results["best_route"].items():
+        lines.append(f"fastest pack of {k}: {b['pipeline']} ({b['images_per_s']:.0f} img/s)")
     roof = results["roofline"]
+    bound_vs = f" = {roof['bound_vs_reference']:.2f}x the plain reference" if roof["bound_vs_reference"] else ""
     lines += ["", f"roofline: {roof['step_flops'] / 1e9:.1f} GFLOP per step; this device's 2048x2048 matmul runs at "
-              f"{roof['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s, so no pipeline can pass "
-              f"{roof['images_per_s_bound']:.0f} img/s = {roof['bound_vs_reference']:.2f}x the plain reference",
-              "share of that bound reached: " + ", ".join(f"{name} {v:.0%}" for name, v in
-                                                          roof["fraction_of_bound"].items())]
+              f"{roof['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s, so no single model can pass "
+              f"{roof['images_per_s_bound']:.0f} img/s{bound_vs}",
+              "share of that bound reached (aggregate): " + ", ".join(f"{name} {v:.0%}" for name, v in
+                                                                      roof["fraction_of_bound"].items())]
     return "\n".join(lines)
 
 

@@ -15,13 +15,14 @@ from cli import REPO, cli_env, run_cli
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-import experiments.packed
+import experiments.engine
 import models
 import optimizers
 from experiments import run_files
+from experiments.epoch import TrainStep, train_epoch
+from experiments.pack_optimizer import PackOptimizer
 from experiments.packed import PackMember, group_into_packs, pack_key, train_pack
-from experiments.packed_epoch import train_packed_epoch
-from experiments.packed_models import VMAP_MIN_MEMBERS, ModelPack, default_route
+from experiments.packed_models import ROUTES, VMAP_MIN_MEMBERS, ModelPack, default_route
 from experiments.run_files import CheckpointError
 from experiments.run_info import git_commit
 from experiments.schedules import build_scheduler
@@ -59,9 +60,9 @@ def build(seed: int, batch_norm: bool, dtype=torch.float32) -> torch.nn.Module:
     return models.build_model(DEPTH, batch_norm, 10).to(dtype)
 
 
-def single_run(seed, batch_norm, cls, kwargs, c, data):
+def single_run(seed, batch_norm, cls, kwargs, c, data, memory_format=torch.preserve_format):
     """The plain per-model loop: forward, c * CE backward, the same optimizer class and schedule."""
-    model = build(seed, batch_norm, data[0][0].dtype)
+    model = build(seed, batch_norm, data[0][0].dtype).to(memory_format=memory_format)
     opt = cls(optimizers.param_groups(model, kwargs["weight_decay"]), **kwargs)
     sched = build_scheduler(opt, COSINE, len(data), 1)
     model.train()
@@ -76,14 +77,16 @@ def single_run(seed, batch_norm, cls, kwargs, c, data):
     return model, loss_sum / (len(data) * BATCH)
 
 
-def packed_run(seeds, batch_norm, members, data, route, active=None):
-    nets = [build(seed, batch_norm, data[0][0].dtype) for seed in seeds]
+def packed_run(seeds, batch_norm, members, data, route, active=None, memory_format=torch.preserve_format):
+    """The members trained as one pack: ModelPack, the fused PackOptimizer, the engine's TrainStep and epoch."""
+    nets = [build(seed, batch_norm, data[0][0].dtype).to(memory_format=memory_format) for seed in seeds]
     pack = ModelPack(nets, route=route)
     opts = [cls(optimizers.param_groups(net, kw["weight_decay"]), **kw) for net, (cls, kw, _) in zip(nets, members)]
-    scheds = [build_scheduler(o, COSINE, len(data), 1) for o in opts]
-    rows = train_packed_epoch(pack, data, opts, scheds, loss_multipliers=[c for _, _, c in members],
-                              active=active or [True] * len(nets))
-    return pack, rows
+    pack_opt = PackOptimizer(pack, opts, COSINE, len(data), 1)
+    step = TrainStep(pack, pack_opt, [c for _, _, c in members])
+    step.set_active(active or [True] * len(nets))
+    rows = train_epoch(step, data)
+    return pack, rows, pack_opt
 
 
 def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -108,17 +111,19 @@ def flat(module: torch.nn.Module, buffers: bool) -> torch.Tensor:
     return torch.cat([t.detach().reshape(-1).double() for t in tensors if t.is_floating_point()])
 
 
-ROUTES = pytest.mark.parametrize("route", ["vmap", "loop"])
+ROUTE = pytest.mark.parametrize("route", ROUTES)
 BATCH_NORM = pytest.mark.parametrize("batch_norm", [False, True], ids=["bn_off", "bn_on"])
+# On a CPU the streams route is the loop route: both run the single run's own kernels.
+SAME_KERNELS = ("loop", "streams")
 
 
-@ROUTES
+@ROUTE
 @BATCH_NORM
 def test_members_match_their_single_runs_in_float64(batch_norm, route):
     """In float64 rounding is invisible, so every tensor must agree: the packed step is the single step."""
     data = batches(STEPS, dtype=torch.float64)
     seeds = [0, 1, 2]
-    pack, rows = packed_run(seeds, batch_norm, MEMBERS, data, route)
+    pack, rows, _ = packed_run(seeds, batch_norm, MEMBERS, data, route)
     for k, (seed, (cls, kwargs, c)) in enumerate(zip(seeds, MEMBERS)):
         single, train_loss = single_run(seed, batch_norm, cls, kwargs, c, data)
         worst = max(state_errors(pack.members[k], single).items(), key=lambda kv: kv[1])
@@ -131,7 +136,7 @@ def test_members_match_their_single_runs_in_float64(batch_norm, route):
     assert not torch.allclose(w[0], w[1]) and not torch.allclose(w[1], w[2])
 
 
-@ROUTES
+@ROUTE
 @BATCH_NORM
 def test_members_match_their_single_runs_in_float32(batch_norm, route):
     """fp32 tolerance on each member's parameters and BN buffers taken as a whole.
@@ -142,11 +147,11 @@ def test_members_match_their_single_runs_in_float32(batch_norm, route):
     """
     data = batches(STEPS)
     seeds = [0, 1, 2]
-    pack, rows = packed_run(seeds, batch_norm, MEMBERS, data, route)
+    pack, rows, _ = packed_run(seeds, batch_norm, MEMBERS, data, route)
     for k, (seed, (cls, kwargs, c)) in enumerate(zip(seeds, MEMBERS)):
         single, train_loss = single_run(seed, batch_norm, cls, kwargs, c, data)
         errors = state_errors(pack.members[k], single)
-        if route == "loop":  # the very kernels of the single run, so the very same bits
+        if route in SAME_KERNELS:  # the very kernels of the single run, and a fused step that rounds as its own
             assert max(errors.values()) == 0, max(errors.items(), key=lambda kv: kv[1])
         assert relative_error(flat(pack.members[k], False), flat(single, False)) <= 1e-4, k
         if batch_norm:
@@ -155,7 +160,7 @@ def test_members_match_their_single_runs_in_float32(batch_norm, route):
         assert rows[k]["grad_norm"] > 0
 
 
-@ROUTES
+@ROUTE
 @BATCH_NORM
 def test_a_stopped_nan_member_neither_steps_nor_leaks(batch_norm, route):
     data = batches(5, seed=1, dtype=torch.float64)
@@ -165,14 +170,18 @@ def test_a_stopped_nan_member_neither_steps_nor_leaks(batch_norm, route):
         for p in nets[1].parameters():
             p.fill_(float("nan"))
     opts = [optimizers.AdamW(optimizers.param_groups(n, 1e-2), lr=1e-3, weight_decay=1e-2) for n in nets]
-    scheds = [build_scheduler(o, COSINE, len(data), 1) for o in opts]
-    rows = train_packed_epoch(pack, data, opts, scheds, loss_multipliers=[1.0, 1.0], active=[True, False])
-    assert math.isnan(rows[1]["train_loss"])  # vmap: its NaN weights still run forward; loop: not run at all
+    pack_opt = PackOptimizer(pack, opts, COSINE, len(data), 1)
+    step = TrainStep(pack, pack_opt, [1.0, 1.0])
+    step.set_active([True, False])
+    rows = train_epoch(step, data)
+    assert math.isnan(rows[1]["train_loss"])  # vmap, grouped: its NaN weights still run forward; loop: not run at all
     single, train_loss = single_run(0, batch_norm, optimizers.AdamW, dict(lr=1e-3, weight_decay=1e-2), 1.0, data)
     assert max(state_errors(nets[0], single).values()) <= 1e-10
     assert rows[0]["train_loss"] == pytest.approx(train_loss, rel=1e-12)
-    assert not opts[1].state, "a stopped member took an optimizer step"
-    assert scheds[1].last_epoch == 0 and scheds[0].last_epoch == len(data)
+    opt_state, sched_state = pack_opt.member_state_dict(1)
+    assert not opt_state["state"] and sched_state["last_epoch"] == 0, "a stopped member took an optimizer step"
+    assert all(s[1].abs().sum() == 0 for s in pack_opt.state)
+    assert pack_opt.member_state_dict(0)[1]["last_epoch"] == len(data)
 
 
 def test_auto_route_runs_vmap_only_for_cuda_packs_big_enough_to_gain():
@@ -184,24 +193,41 @@ def test_auto_route_runs_vmap_only_for_cuda_packs_big_enough_to_gain():
     assert default_route("cuda:0", 12) == "vmap"
 
 
-def test_loop_route_keeps_channels_last_members_bit_exact():
+@pytest.mark.parametrize("route", SAME_KERNELS)
+def test_loop_routes_keep_channels_last_members_bit_exact(route):
     data = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in batches(3)]
     cls, kwargs, c = MEMBERS[1]
-    nets = [build(0, True).to(memory_format=torch.channels_last)]
-    pack = ModelPack(nets, route="loop")
-    assert nets[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
-    opts = [cls(optimizers.param_groups(nets[0], kwargs["weight_decay"]), **kwargs)]
-    train_packed_epoch(pack, data, opts, [build_scheduler(opts[0], COSINE, 3, 1)], loss_multipliers=[c],
-                       active=[True])
-    single = build(0, True).to(memory_format=torch.channels_last)
-    opt = cls(optimizers.param_groups(single, kwargs["weight_decay"]), **kwargs)
-    sched = build_scheduler(opt, COSINE, 3, 1)
-    for x, y in data:
-        opt.zero_grad()
-        (F.cross_entropy(single(x), y) * c).backward()
-        opt.step()
-        sched.step()
-    assert max(state_errors(nets[0], single).values()) == 0
+    pack, _, _ = packed_run([0], True, [MEMBERS[1]], data, route, memory_format=torch.channels_last)
+    assert pack.members[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    single, _ = single_run(0, True, cls, kwargs, c, data, memory_format=torch.channels_last)
+    assert max(state_errors(pack.members[0], single).values()) == 0
+
+
+def test_the_grouped_network_is_its_members():
+    """models.CifarResNet(members=K) with the members' weights: each member's logits, and the same gradients."""
+    torch.manual_seed(0)
+    nets = [build(seed, True, torch.float64) for seed in (0, 1, 2)]
+    pack = ModelPack(nets, route="grouped")
+    assert models.count_parameters(models.build_model(DEPTH, True, 10, members=3)) == \
+        sum(models.count_parameters(n) for n in nets)
+    x, y = batches(1, dtype=torch.float64)[0]
+    for net in nets:
+        net.train()
+    pack.train()
+    logits = pack(x)
+    singles = [build(seed, True, torch.float64) for seed in (0, 1, 2)]
+    for k, single in enumerate(singles):
+        single.train()
+        want = single(x)
+        assert relative_error(logits[k], want) <= 1e-12
+        F.cross_entropy(want, y).backward()
+    F.cross_entropy(logits.reshape(-1, 10), y.repeat(3), reduction="sum").div(BATCH).backward()
+    for k, single in enumerate(singles):
+        for (name, p), q in zip(single.named_parameters(), pack.members[k].parameters()):
+            assert relative_error(q.grad, p.grad) <= 1e-10, (k, name)
+    # The running statistics the grouped network updated are each member's own.
+    for k, single in enumerate(singles):
+        assert relative_error(pack.members[k].bn1.running_mean, single.bn1.running_mean) <= 1e-12
 
 
 def test_grouping_keeps_only_shareable_runs_together():
@@ -266,7 +292,7 @@ class FakeWandbRun:
 
 
 def test_an_interrupted_pack_resumes_bit_for_bit(tmp_path, monkeypatch):
-    monkeypatch.setattr(experiments.packed, "start_wandb",
+    monkeypatch.setattr(experiments.engine, "start_wandb",
                         lambda cfg, run_dir, run_name: contextlib.nullcontext(FakeWandbRun(run_dir)))
     FakeWandbRun.logged = {}
     straight = tiny_pack(tmp_path / "straight", epochs=2)
@@ -449,17 +475,25 @@ def test_benchmark_runs_every_pipeline_and_writes_its_json(tmp_path, capsys):
     benchmark = load_benchmark()
     out = tmp_path / "bench.json"
     code = benchmark.main(["--device", "cpu", "--steps", "1", "--warmup", "0", "--rounds", "1", "--ks", "1,2",
-                           "--batch-size", "8", "--workers", "0", "--min-time", "0", "--json", str(out)])
+                           "--routes", "auto,grouped", "--packs", "2:vmap", "--batch-size", "8", "--workers", "0",
+                           "--min-time", "0", "--json", str(out)])
     assert code == 0
     results = json.loads(out.read_text())
-    assert set(results["images_per_s"]) == {"reference", "single", "packed_1", "packed_2"}
+    names = {"reference", "single", "packed_1_loop", "packed_2_loop", "packed_1_grouped", "packed_2_grouped",
+             "packed_2_vmap"}
+    assert set(results["images_per_s"]) == names
     assert all(v["median"] > 0 for v in results["images_per_s"].values())
     assert results["git_commit"] == git_commit() and results["git_commit"]  # which code made the numbers
-    assert results["packing_speedup"]["2"] == pytest.approx(
-        results["images_per_s"]["packed_2"]["median"] / results["images_per_s"]["single"]["median"])
+    assert results["speedup_vs_sequential"]["packed_2_grouped"] == pytest.approx(
+        results["images_per_s"]["packed_2_grouped"]["median"] / results["images_per_s"]["single"]["median"])
+    # auto on CPU is the loop route; each pipeline records what it ran.
+    assert results["pipelines"]["packed_2_loop"] == {"kind": "pack", "members": 2, "route": "loop", "compile": None,
+                                                     "asked": "auto"}
+    best = results["best_route"]["2"]
+    assert best["images_per_s"] == max(results["images_per_s"][n]["median"]
+                                       for n in ("packed_2_loop", "packed_2_grouped", "packed_2_vmap"))
     table = capsys.readouterr().out
-    assert "packed K=2" in table and "2 sequential single runs" in table and "single run vs reference" in table
-    assert results["settings"]["routes"] == {"1": "loop", "2": "loop"} and "K=2 loop" in table  # auto on CPU
+    assert "packed K=2 (grouped)" in table and "vs 2 sequential single runs" in table and "single run vs reference" in table
     # CPU: a first phase with the C library's own malloc, then the trainer's (trainer.keep_freed_memory).
     plain = results["images_per_s_default_malloc"]
     assert set(plain) == {"reference", "single"} and results["settings"]["keep_freed_memory"] is True
@@ -471,6 +505,20 @@ def test_benchmark_runs_every_pipeline_and_writes_its_json(tmp_path, capsys):
     assert roof["fraction_of_bound"]["single"] == pytest.approx(
         results["images_per_s"]["single"]["median"] / roof["images_per_s_bound"])
     assert "roofline" in table and "trainer vs plain script" in table
+
+
+def test_benchmark_times_concurrent_single_run_processes(tmp_path):
+    """launcher=joblib's way to share a device: N processes; the benchmark's aggregate is the sum of their rates."""
+    out = tmp_path / "bench.json"
+    run_cli(["scripts/benchmark.py", "--device", "cpu", "--steps", "1", "--warmup", "1", "--rounds", "1", "--ks", "2",
+             "--batch-size", "8", "--min-time", "0", "--no-reference", "--processes", "2", "--threads", "1",
+             "--json", str(out)], module="", env=cli_env(tmp_path))
+    results = json.loads(out.read_text())
+    assert results["pipelines"]["processes_2"] == {"kind": "processes", "members": 2}
+    assert results["images_per_s"]["processes_2"]["median"] > 0
+    assert results["speedup_vs_sequential"]["processes_2"] == pytest.approx(
+        results["images_per_s"]["processes_2"]["median"] / results["images_per_s"]["single"]["median"])
+    assert results["single_vs_reference"] is None and "reference" not in results["images_per_s"]
 
 
 def test_benchmark_step_flops_are_forward_and_backward_of_every_conv():
@@ -496,10 +544,13 @@ def test_benchmark_without_the_malloc_setting_has_one_phase(tmp_path):
     assert results["trainer_vs_plain_reference"] == results["single_vs_reference"]
 
 
-def test_benchmark_bad_option_is_a_one_line_error(capsys):
-    assert load_benchmark().main(["--ks", "4,x"]) == 2
+@pytest.mark.parametrize("bad, start", [(["--ks", "4,x"], "error: --ks"), (["--routes", "vmap,fast"], "error: --routes"),
+                                        (["--packs", "12:grouped:turbo"], "error: --packs mode"),
+                                        (["--compile", "fast"], "error: --compile")])
+def test_benchmark_bad_option_is_a_one_line_error(bad, start, capsys):
+    assert load_benchmark().main(["--device", "cpu", *bad]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: --ks") and "\n" not in err
+    assert err.startswith(start) and "\n" not in err
 
 
 def test_a_bad_launcher_option_is_a_one_line_error(tmp_path):

@@ -67,7 +67,7 @@ def _compose(launcher, idx: int, overrides: Sequence[str]) -> _Job:
     try:
         OmegaConf.resolve(resolved)
     except Exception as exc:  # e.g. a missing environment variable: this run fails, the sweep goes on
-        from experiments.trainer import one_line
+        from experiments.run_record import one_line
 
         resolved, error = task_cfg, one_line(exc)
     run_name = str(hydra_cfg.hydra.job.override_dirname) or "default"
@@ -122,7 +122,7 @@ def _final_test_acc(summary: dict | None):
 def _run_pack(launcher, jobs: list[_Job], pack_dir: Path) -> None:
     from experiments import run_files
     from experiments.packed import train_pack
-    from experiments.trainer import one_line, record_failure
+    from experiments.run_record import one_line, record_failure
 
     callbacks = launcher.hydra_context.callbacks
     with _pack_logging(jobs, pack_dir):
@@ -152,7 +152,7 @@ def _run_pack(launcher, jobs: list[_Job], pack_dir: Path) -> None:
 
 def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
     from experiments.packed import check_pack_options, group_into_packs, pack_key, pack_name
-    from experiments.trainer import record_failure
+    from experiments.run_record import record_failure
 
     setup_globals()
     assert launcher.config is not None and launcher.hydra_context is not None

@@ -1,0 +1,272 @@
+"""The one training driver: K runs trained together on one device, where a single run is a pack of one.
+
+`train_members` does what every run needs, for each member alike: it builds the models, data and
+optimizers from the members' configs, resumes from a checkpoint, trains epoch by epoch
+(experiments/epoch.py), writes each member's config.yaml, metrics.csv and summary.json after every
+epoch (atomically), logs to W&B, stops a member that diverges while the others go on, and marks the
+members interrupted when the process is stopped. Where the checkpoint lives and how it is laid out
+is the caller's `store`: a single run keeps its own checkpoint.pt in its run folder
+(experiments/trainer.py), a pack one checkpoint for all members in its pack folder
+(experiments/packed.py); both formats are what they were before this driver existed.
+
+W&B: a single run logs each epoch as it happens; a pack logs each member's whole history when the
+pack ends (W&B holds one live run per process), so an interrupted pack logs nothing until resumed.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from data import DeviceLoader
+from experiments import run_files
+from experiments.builders import build_model, build_optimizer, load_data, pick_device, setup_host_memory, setup_precision
+from experiments.config_checks import compile_mode
+from experiments.epoch import TrainStep, evaluate, train_epoch
+from experiments.pack_optimizer import PackOptimizer
+from experiments.packed_models import ModelPack, default_route
+from experiments.run_record import (
+    METRIC_COLUMNS,
+    is_finite,
+    log_epoch,
+    one_line,
+    show_progress,
+    summarize,
+    wandb_summary_fields,
+)
+from experiments.wandb_run import start_wandb
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PackMember:
+    """One grid point: its resolved config (no hydra node), run folder and run name."""
+
+    cfg: DictConfig
+    run_dir: Path
+    run_name: str
+
+
+class MemberRecord:
+    """A trained member's history and status while its pack trains."""
+
+    def __init__(self, member: PackMember) -> None:
+        self.spec = member
+        self.history: list[dict] = []
+        self.status = "running"
+        self.diverged_epoch: int | None = None
+        self.end_wall: float | None = None
+
+    @property
+    def extra(self) -> dict:
+        # Lets a per-run log handler (the packed launcher's) keep only this member's lines.
+        return {"pack_member": str(self.spec.run_dir)}
+
+    def summary(self, status: str, wall: float, device: str, error: str | None = None) -> dict:
+        m = self.spec
+        return summarize(m.cfg, m.run_dir, m.run_name, self.history, status, wall_time_s=wall, device=device,
+                         error=error, diverged_epoch=self.diverged_epoch)
+
+
+class Store(Protocol):
+    """Where a training keeps its checkpoint, and what else it writes beside the members' own files."""
+
+    path: Path
+    label: str  # how log lines name the training
+
+    def restore(self, run: "PackRun", checkpoint: dict) -> int:
+        """Loads `checkpoint` into `run`; returns the last epoch it holds."""
+
+    def save(self, run: "PackRun", epoch: int) -> None: ...
+
+    def on_start(self, run: "PackRun") -> None: ...
+
+    def on_epoch(self, run: "PackRun") -> None:
+        """After the members' files of an epoch."""
+
+
+def make_loaders(cfg: DictConfig, dataset, device: torch.device, *, pad_eval: bool = False):
+    common = dict(mean=dataset.mean, std=dataset.std, device=device, channels_last=cfg.trainer.channels_last)
+    train = DeviceLoader(dataset.train_x, dataset.train_y, batch_size=cfg.trainer.batch_size, train=True,
+                         seed=cfg.seed, **common)
+    test = DeviceLoader(dataset.test_x, dataset.test_y, batch_size=max(cfg.trainer.batch_size, 500), train=False,
+                        pad_last=pad_eval, **common)
+    return train, test
+
+
+def fusion_order(cfgs: list[DictConfig]) -> list[int]:
+    """Member indices with equal optimizer settings (all but lr and weight decay) next to each other, in order of
+    first appearance: such neighbours step as one fused update (experiments/pack_optimizer.py)."""
+    keys = []
+    for cfg in cfgs:
+        opt = OmegaConf.to_container(cfg.optimizer, resolve=True)
+        for key in ("lr", "weight_decay", "exclude_norm_and_bias"):
+            opt.pop(key, None)
+        keys.append(json.dumps(opt, sort_keys=True, default=str))
+    first = {key: i for i, key in reversed(list(enumerate(keys)))}
+    return sorted(range(len(cfgs)), key=lambda i: first[keys[i]])
+
+
+class PackRun:
+    """What one training of a pack is made of: members, models, optimizer, data, the step; a store's view."""
+
+    def __init__(self, members: list[PackMember], *, route: str, base_dir: str | None) -> None:
+        self.members = [MemberRecord(m) for m in members]
+        cfgs = [m.cfg for m in members]
+        lead = cfgs[0]
+        self.lead = lead
+        self.device = pick_device(lead.trainer.device)
+        setup_host_memory(lead.trainer, self.device)
+        self.autocast = setup_precision(lead.trainer.precision, self.device)
+        dataset = load_data(lead, base_dir)
+        models = []
+        for cfg in cfgs:
+            torch.manual_seed(int(cfg.seed))  # under packed_init=shared every member has the pack seed
+            models.append(build_model(cfg, len(dataset.classes), self.device))
+        self.route = default_route(self.device, len(models)) if route == "auto" else route
+        self.pack = ModelPack(models, route=self.route)
+        optimizers = [build_optimizer(cfg.optimizer, model) for cfg, model in zip(cfgs, models)]
+        self.compile = compile_mode(lead.trainer)
+        self.train_loader, self.test_loader = make_loaders(lead, dataset, self.device, pad_eval=self.compile is not None)
+        self.epochs = int(lead.trainer.epochs)
+        self.optimizer = PackOptimizer(self.pack, optimizers, lead.schedule, len(self.train_loader), self.epochs)
+        self.step = TrainStep(self.pack, self.optimizer, [float(cfg.loss_multiplier) for cfg in cfgs], self.autocast)
+        if self.compile is not None:
+            self.step.compile(self.compile)
+        self.throughput: list[dict] = []
+        self.wall_before = 0.0
+        self._start = time.perf_counter()
+
+    def wall(self) -> float:
+        return self.wall_before + time.perf_counter() - self._start
+
+    def write_summary(self, member: MemberRecord, status: str, error: str | None = None) -> dict:
+        summary = member.summary(status, member.end_wall if member.end_wall is not None else self.wall(),
+                                 str(self.device), error)
+        run_files.write_json(member.spec.run_dir / "summary.json", summary)
+        return summary
+
+
+def _keep_earlier_metrics(member: PackMember, store_path: Path) -> None:
+    """No checkpoint to resume from (trainer.checkpoint=false, or it was deleted): the member starts over, but
+    the epochs it had done keep their metrics in metrics.before-restart.csv instead of being written over."""
+    previous = run_files.read_json(member.run_dir / "summary.json")
+    if previous and previous.get("epochs_completed") and (member.run_dir / "metrics.csv").exists():
+        earlier = member.run_dir / "metrics.before-restart.csv"
+        os.replace(member.run_dir / "metrics.csv", earlier)
+        log.warning("%s: %d epochs done before but no %s to resume from; training from epoch 1 again "
+                    "(the earlier metrics are in %s)", member.run_name, previous["epochs_completed"], store_path.name,
+                    earlier.name, extra={"pack_member": str(member.run_dir)})
+
+
+def train_members(members: list[PackMember], store: Store, checkpoint: dict | None, *, route: str = "auto",
+                  base_dir: str | None = None) -> None:
+    """Trains `members` (configs already checked, all sharing model, data, trainer and schedule) from `checkpoint`
+    (read by the caller before anything was written) or from scratch; every member's files say how it ended."""
+    if checkpoint is None:
+        for member in members:
+            _keep_earlier_metrics(member, store.path)
+        # Equal optimizer settings side by side, so that they step as one (a checkpoint keeps its own order).
+        members = [members[i] for i in fusion_order([m.cfg for m in members])]
+    run = PackRun(members, route=route, base_dir=base_dir)
+    trained = run.members
+    first_epoch = 1
+    if checkpoint is not None:
+        first_epoch = store.restore(run, checkpoint) + 1
+        log.info("%s: resuming after epoch %d from %s", store.label, first_epoch - 1, store.path)
+    for member in trained:
+        run_files.atomic_write_text(member.spec.run_dir / "config.yaml", OmegaConf.to_yaml(member.spec.cfg,
+                                                                                          resolve=True))
+    store.on_start(run)
+
+    lead, epochs = run.lead, run.epochs
+    progress = show_progress(lead.trainer)
+    live = len(trained) == 1
+    single = trained[0].spec
+    with (start_wandb(single.cfg, single.run_dir, single.run_name) if live else nullcontext(None)) as wandb_run:
+        try:
+            for epoch in range(first_epoch, epochs + 1):
+                active = [m.status == "running" for m in trained]
+                if not any(active):
+                    break
+                run.step.set_active(active)
+                run.train_loader.set_epoch(epoch)
+                desc = f"epoch {epoch}/{epochs}" if live else f"pack epoch {epoch}/{epochs}"
+                train_rows = train_epoch(run.step, run.train_loader, progress=progress, desc=desc)
+                test_rows = evaluate(run.pack, run.test_loader, autocast=run.autocast)
+                norms = run.pack.model_norms().tolist()
+                for i, member in enumerate(trained):
+                    if not active[i]:
+                        continue
+                    row = {"epoch": epoch, **train_rows[i], **test_rows[i], "model_norm": norms[i],
+                           "lr": run.optimizer.lr(i)}
+                    member.history.append({k: row[k] for k in METRIC_COLUMNS})
+                    log_epoch(member.spec.run_name, epochs, row, extra=member.extra)
+                    run_files.write_csv(member.spec.run_dir / "metrics.csv", member.history, METRIC_COLUMNS)
+                    if wandb_run is not None:
+                        wandb_run.log(row, step=epoch)
+                    if not is_finite(row):
+                        member.status, member.diverged_epoch, member.end_wall = "diverged", epoch, run.wall()
+                        log.warning("%s diverged at epoch %d (non-finite loss or weights); stopping this run%s",
+                                    member.spec.run_name, epoch, "" if live else ", the rest of its pack goes on",
+                                    extra=member.extra)
+                # images_per_s: the shared batches' rate, which every member's metrics.csv reports as its own.
+                images_per_s = train_rows[0]["images_per_s"]
+                run.throughput.append({"epoch": epoch, "epoch_time_s": train_rows[0]["epoch_time_s"],
+                                       "models_trained": sum(active), "images_per_s": images_per_s,
+                                       "model_images_per_s": images_per_s * sum(active)})
+                store.on_epoch(run)
+                # Nothing is left to resume once every member has stopped.
+                if lead.trainer.checkpoint and any(m.status == "running" for m in trained):
+                    store.save(run, epoch)
+                for i, member in enumerate(trained):
+                    if active[i]:
+                        run.write_summary(member, member.status)
+        except KeyboardInterrupt:
+            for member in trained:
+                if member.status == "running":
+                    run.write_summary(member, "interrupted",
+                                      error="interrupted; run the same command again to resume from the last epoch")
+            raise
+        for member in trained:
+            if member.status == "running":
+                member.status, member.end_wall = "finished", run.wall()
+            summary = run.write_summary(member, member.status)
+        if wandb_run is not None:
+            wandb_run.summary.update(wandb_summary_fields(summary))
+    if not live:
+        _log_to_wandb(trained)
+
+
+def _log_to_wandb(trained: list[MemberRecord]) -> None:
+    """Each member's W&B run with its whole history, one after another (one live W&B run per process)."""
+    for member in trained:
+        m = member.spec
+        summary = run_files.read_json(m.run_dir / "summary.json") or {}
+        try:
+            with start_wandb(m.cfg, m.run_dir, m.run_name) as wandb_run:
+                if wandb_run is None:
+                    continue
+                for row in member.history:
+                    wandb_run.log(row, step=row["epoch"])
+                wandb_run.summary.update(wandb_summary_fields(summary))
+        except Exception as exc:  # the run's results are on disk; W&B is a copy
+            log.warning("%s: W&B logging failed (%s); metrics.csv and summary.json are complete", m.run_name,
+                        one_line(exc), extra=member.extra)
+
+
+def member_state(run: PackRun, k: int) -> dict:
+    """Member k's model, optimizer and scheduler state, each in the format its single run's checkpoint has."""
+    model = {name: tensor.detach().clone() for name, tensor in run.pack.members[k].state_dict().items()}
+    optimizer, scheduler = run.optimizer.member_state_dict(k)
+    return {"model": model, "optimizer": optimizer, "scheduler": scheduler}
+

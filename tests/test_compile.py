@@ -1,0 +1,126 @@
+"""trainer.compile: the training step compiles whole (fullgraph, so nothing in it syncs), never recompiles while
+the lr moves, evaluates a padded last batch with the same graph, and matches the eager step.
+
+Float64, because in float32 the compiled and eager steps round differently and a ReLU whose input sits at
+zero can then flip in one and not the other: after a few steps a member's weights differ by ~1e-3 for
+that reason alone. In float64 they agree to ~1e-15.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch._dynamo
+from cli import cli_env, run_cli
+from omegaconf import OmegaConf
+
+import data as datasets
+import models
+import optimizers
+from experiments.epoch import TrainStep, evaluate, train_epoch
+from experiments.pack_optimizer import PackOptimizer
+from experiments.packed_models import ModelPack
+
+COSINE = OmegaConf.create({"name": "cosine", "warmup_epochs": 0, "min_factor": 0.1})
+STEPS, BATCH, SIZE = 5, 8, 16
+
+
+def batches(n: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(BATCH, 3, SIZE, SIZE, generator=g, dtype=torch.float64)
+             .contiguous(memory_format=torch.channels_last), torch.randint(0, 10, (BATCH,), generator=g))
+            for _ in range(n)]
+
+
+def eval_loader(seed: int) -> datasets.DeviceLoader:
+    """12 test images in batches of 8: the second batch is padded to 8 (labels -100) when pad_last is on."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (12, 3, SIZE, SIZE), generator=g, dtype=torch.uint8)
+    return datasets.DeviceLoader(images, torch.randint(0, 10, (12,), generator=g), batch_size=BATCH, train=False,
+                                 mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), device="cpu", channels_last=True,
+                                 dtype=torch.float64, pad_last=True)
+
+
+def make_step(route: str, members: int, mode: str | None) -> TrainStep:
+    nets = []
+    for k in range(members):
+        torch.manual_seed(k)
+        nets.append(models.build_model(8, True, 10).to(torch.float64).to(memory_format=torch.channels_last))
+    pack = ModelPack(nets, route=route)
+    kinds = [optimizers.AdamW, optimizers.AdamP]
+    opts = [kinds[k % 2](optimizers.param_groups(net, 1e-2), lr=1e-3 * (k + 1), weight_decay=1e-2)
+            for k, net in enumerate(nets)]
+    step = TrainStep(pack, PackOptimizer(pack, opts, COSINE, STEPS, 1), [1.0, 10.0][:members])
+    if mode is not None:
+        step.compile(mode)
+    return step
+
+
+@pytest.fixture
+def fresh_dynamo():
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    yield
+    torch._dynamo.config.error_on_recompile = False
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("route, members", [("loop", 1), ("grouped", 2)], ids=["single_run", "pack_grouped"])
+def test_the_compiled_step_is_one_graph_that_matches_eager(route, members, fresh_dynamo):
+    data = batches(STEPS, seed=0)
+    eager = make_step(route, members, None)
+    eager_rows = train_epoch(eager, data)
+    compiled = make_step(route, members, "default")  # every part with fullgraph=True: a graph break is an error
+    first = train_epoch(compiled, data[:1])
+    # Steps 2-5 move eta_t (cosine) and must replay the graphs compiled in step 1.
+    torch._dynamo.config.error_on_recompile = True
+    rest = train_epoch(compiled, data[1:])
+    torch._dynamo.config.error_on_recompile = False
+    want_eval = evaluate(eager.pack, eval_loader(1))
+    got_eval = evaluate(compiled.pack, eval_loader(1))  # the padded last batch reuses the full batch's graph
+    evaluate(compiled.pack, eval_loader(2))
+    # Forward-and-loss for training and for evaluation (grad mode differs), metric sums, optimizer update.
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 4
+    assert torch.allclose(compiled.pack.flat_params, eager.pack.flat_params, rtol=1e-10, atol=1e-12)
+    for name, want in eager.pack.buffers.items():
+        assert torch.allclose(compiled.pack.buffers[name].double(), want.double(), rtol=1e-10, atol=1e-12), name
+    for k in range(members):
+        train_loss = (first[k]["train_loss"] * 1 + rest[k]["train_loss"] * (STEPS - 1)) / STEPS
+        assert train_loss == pytest.approx(eager_rows[k]["train_loss"], rel=1e-10)
+        assert got_eval[k]["test_loss"] == pytest.approx(want_eval[k]["test_loss"], rel=1e-10)
+        assert got_eval[k]["test_acc"] == want_eval[k]["test_acc"]
+    assert compiled.optimizer.lr(0) == eager.optimizer.lr(0) and compiled.optimizer.steps == STEPS
+
+
+def test_a_padded_batch_counts_only_its_real_images():
+    loader = eval_loader(3)
+    batches_seen = list(loader)
+    assert [x.shape[0] for x, _ in batches_seen] == [8, 8] and (batches_seen[1][1][4:] == -100).all()
+    unpadded = datasets.DeviceLoader(loader.images, loader.labels, batch_size=BATCH, train=False, mean=(0.5,) * 3,
+                                     std=(0.25,) * 3, device="cpu", channels_last=True, dtype=torch.float64)
+    torch.manual_seed(0)
+    pack = ModelPack([models.build_model(8, True, 10).to(torch.float64).to(memory_format=torch.channels_last)])
+    (padded,), (plain,) = evaluate(pack, loader), evaluate(pack, unpadded)
+    assert padded["test_loss"] == pytest.approx(plain["test_loss"], rel=1e-12) and padded["test_acc"] == plain["test_acc"]
+
+
+def test_a_compiled_packed_sweep_runs_from_the_command_line(tmp_path):
+    """trainer.compile for packs, through launcher=packed, in float32 as a user runs it."""
+    sweep = tmp_path / "sweep"
+    run_cli(["-m", "data=synthetic", "data.train_size=64", "data.test_size=20", "trainer.batch_size=16",
+             "trainer.epochs=2", "logger=none", "trainer.compile=default", "model.depth=20", "optimizer=adamw,adamp",
+             "launcher=packed", "hydra.launcher.route=loop", f"hydra.sweep.dir={sweep}"],
+            env=cli_env(tmp_path, OMP_NUM_THREADS="2"), timeout=1200)
+    summaries = [json.loads(p.read_text()) for p in sweep.glob("*/summary.json")]
+    assert len(summaries) == 2 and all(s["status"] == "finished" and s["epochs_completed"] == 2 for s in summaries)
+    info = json.loads(next((sweep / ".packs").glob("*/pack.json")).read_text())
+    assert info["compile"] == "default" and info["route"] == "loop"
+
+
+def test_a_bad_compile_mode_is_a_one_line_error(tmp_path):
+    proc = run_cli(["data=synthetic", "logger=none", "trainer.compile=fastest", f"hydra.run.dir={tmp_path / 'run'}"],
+                   env=cli_env(tmp_path), check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ConfigError: trainer.compile must be false or one "
+                                                           "of default, reduce-overhead, max-autotune")
