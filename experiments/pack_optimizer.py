@@ -10,7 +10,8 @@ LambdaLR, as a single run would.
 
 What differs between members is a [K, 2] float64 device tensor: base lr alpha and weight decay for
 the decayed and the undecayed columns (ModelPack puts ndim > 1 parameters first). All active members
-of a pack step together, so the step count t is one 0-dim float64 device tensor, and eta_t =
+of a pack step together, so the step count t is one one-element float64 device tensor (not 0-dim:
+torch 2.11 compiles an in-place update of a 0-dim CPU tensor into nothing), and eta_t =
 schedule(t - 1) is computed from it on the device (experiments.schedules.eta_on_device): a step
 reads nothing from the host, and a compiled step does not recompile when the lr changes. The host
 keeps the same count (`steps`) for what it writes: the lr column, checkpoints.
@@ -77,7 +78,7 @@ class PackOptimizer:
         self._host_wd = wd.tolist()
         self.alpha = alpha.to(device)
         self.wd = wd.to(device)
-        self.t = torch.zeros((), dtype=torch.float64, device=device)
+        self.t = torch.zeros(1, dtype=torch.float64, device=device)
         self.steps = 0
         self._stopped_at: dict[int, int] = {}
         self.active = [True] * pack.size

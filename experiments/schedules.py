@@ -1,6 +1,6 @@
 """Learning-rate schedules as per-step multipliers eta_t: on the host for torch's LambdaLR, on the device for packs.
 
-`eta` (Python floats) and `eta_on_device` (a 0-dim tensor step) are the same function, op for op:
+`eta` (Python floats) and `eta_on_device` (a one-element tensor step) are the same function, op for op:
 a pack's fused optimizer reads eta_t from the device, so a step never waits for the host and a
 compiled step never sees a new Python number (tests/test_fused.py holds the two to each other).
 """
@@ -56,7 +56,7 @@ def eta(step: int, total_steps: int, steps_per_epoch: int, cfg: DictConfig | Sch
 
 
 def eta_on_device(step: torch.Tensor, total_steps: int, steps_per_epoch: int, cfg: ScheduleSpec) -> torch.Tensor:
-    """`eta` of a 0-dim float64 tensor `step`, as a tensor on its device; no branch depends on its value."""
+    """`eta` of a one-element float64 tensor `step`, as a tensor on its device; no branch depends on its value."""
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
     if cfg.name == "constant":
         after = torch.ones_like(step)

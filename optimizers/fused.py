@@ -36,7 +36,7 @@ class FusedAdam:
     counts_steps = True
 
     def update(self, params, grads, state, *, t, lr, eta, wd, decays: bool) -> None:
-        """params, grads, state[i]: [k, n] rows; t: 0-dim float64 steps taken (this one included);
+        """params, grads, state[i]: [k, n] rows; t: [1] float64 steps taken (this one included);
         lr = alpha * eta_t, eta, wd: [k, 1] float64. decays: False when every row's wd is 0."""
         beta1, beta2 = self.betas
         # As adam_core.bias_corrections, on the device: t never leaves it.

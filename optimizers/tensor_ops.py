@@ -67,8 +67,9 @@ BROADCAST = SimpleNamespace(
     add_=_broadcast_add_,
     mul_=lambda x, value: x.mul_(_like(value, x)),
     div_=lambda x, value: x.div_(_like(value, x)),
-    sqrt=torch.sqrt,
-    reciprocal_=torch.Tensor.reciprocal_,
+    # Functions, not Tensor's method descriptors: torch 2.11's compiler cannot call a descriptor held in a namespace.
+    sqrt=lambda x: x.sqrt(),
+    reciprocal_=lambda x: x.reciprocal_(),
     lerp_=lambda x, end, weight: x.lerp_(end, weight),
     addcmul_=lambda x, a, b, value: x.addcmul_(a, b, value=value),
     addcdiv_=_broadcast_addcdiv_,

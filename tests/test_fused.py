@@ -167,7 +167,7 @@ def test_schedules_on_the_device_are_the_host_schedules_exactly():
                 dict(name="multistep", warmup_epochs=0, milestones=[0.5, 0.75], gamma=0.1),
                 dict(name="multistep", warmup_epochs=1, milestones=[0.3], gamma=0.5)]:
         spec = ScheduleSpec.of(OmegaConf.create(cfg))
-        on_device = [eta_on_device(torch.tensor(float(t), dtype=torch.float64), total, per_epoch, spec).item()
+        on_device = [eta_on_device(torch.tensor([float(t)], dtype=torch.float64), total, per_epoch, spec).item()
                      for t in range(total + 5)]
         assert on_device == [eta(t, total, per_epoch, spec) for t in range(total + 5)], cfg
 

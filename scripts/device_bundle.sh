@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Prepares, on this (development) machine, what scripts/device_check.sh needs on a bare GPU machine:
+#   datasets/cifar10-jpeg/  a copy of ../shared/datasets/cifar10-jpeg (52.7 MiB of JPEGs; datasets/ is git-ignored)
+#   .whl/                   wheels of the Python packages that machine lacks (hydra-core, omegaconf, antlr4, the
+#                           joblib launcher), for its Python 3.12; .whl/ is git-ignored. wandb does not fit the
+#                           64 MiB that travel, so runs there use logger=none.
+# Then, with the device tool: run(command="bash scripts/device_check.sh", carry=["datasets/cifar10-jpeg", ".whl"]).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+SRC=${DNM_SHARED_CIFAR10:-../shared/datasets/cifar10-jpeg}
+if [ ! -d datasets/cifar10-jpeg/train ]; then
+    [ -d "$SRC/train" ] || { echo "error: no CIFAR-10 image folders at $SRC; set DNM_SHARED_CIFAR10" >&2; exit 2; }
+    mkdir -p datasets
+    cp -r "$SRC" datasets/cifar10-jpeg
+fi
+mkdir -p .whl
+# Pure-Python packages: any platform's wheel works there.
+"$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation py -d .whl \
+    hydra-core==1.3.2 omegaconf==2.3.0 hydra-joblib-launcher==1.2.0
+# antlr4's runtime (needed by omegaconf) is published as a source archive only: build its wheel here.
+ls .whl/antlr4_python3_runtime-4.9.3-*.whl >/dev/null 2>&1 || "$PY" -m pip wheel -q --no-deps -w .whl antlr4-python3-runtime==4.9.3
+du -sh datasets/cifar10-jpeg .whl

@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# The whole GPU check in one command on a bare, lent GPU machine (results/benchmarks.md, "The device check").
+#
+#   bash scripts/device_check.sh [STAGE ...]    STAGE: env tests bench precision grid (default: all, in that order)
+#
+# Beside the repo it needs datasets/cifar10-jpeg/ and .whl/ (scripts/device_bundle.sh makes both here), carried:
+#   run(command="bash scripts/device_check.sh", carry=["datasets/cifar10-jpeg", ".whl"], timeout_s=590)
+# Everything it keeps goes to $OUT (the device tool's folder; outputs/device_check otherwise), 7 files at most:
+#   device_check.log, bench.json, precision.md, precision.json, precision_runs.tar.gz, grid_seed0.tar.gz, stages.json
+# Stages:
+#   env        GPU, driver, Python and torch versions
+#   tests      the optimizer and fused-optimizer exactness tests on CUDA (tests/test_optimizers.py, test_fused.py)
+#   bench      scripts/benchmark.py: reference, single run eager and compiled, packs of 4/12/24 on every route,
+#              a compiled pack of 24, 4 concurrent single-run processes (BENCH_ARGS replaces the defaults)
+#   precision  experiment=precision_check (fp32 vs tf32 vs bf16, 2 methods x 4 seeds, 5 epochs) on the fastest
+#              eager route the benchmark measured for 12 members; scripts/precision_check.py judges it
+#   grid       one seed of the post's grid at full scale (experiment=blog_adamw_vs_adamp seed=0: 24 runs x 50
+#              epochs, a pack of 24) on the fastest route and compile mode measured for 24 members
+#              (GRID_ROUTE, GRID_COMPILE, GRID_PRECISION override; the config's precision, fp32, otherwise); only
+#              when the estimate fits in what is left
+# Each stage runs only if time is left before DEADLINE_S (default 540 s after the start); a stage that fails or
+# runs out of time is recorded in stages.json and the next one goes on.
+# A dry run of the plumbing on a CPU (what tests/test_device_check.py does): DEVICE=cpu, TESTS_SELECT, BENCH_ARGS,
+# RUN_ARGS (Hydra overrides added to the precision and grid sweeps, e.g. a data subset and one epoch), and
+# PRECISION_ARGS / GRID_ARGS (added to one of them, e.g. a smaller grid).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+START=$(date +%s)
+DEADLINE_S=${DEADLINE_S:-540}
+OUT=${OUT:-outputs/device_check}
+WORK=${WORK:-/tmp/dnm_device_check}
+mkdir -p "$OUT" "$WORK"
+exec > >(tee -a "$OUT/device_check.log") 2>&1
+STAGES=${*:-env tests bench precision grid}
+STATUS="$WORK/stages.txt"
+: > "$STATUS"
+
+elapsed() { echo $(( $(date +%s) - START )); }
+left() { echo $(( DEADLINE_S - $(elapsed) )); }
+say() { echo "=== $(date -u +%H:%M:%S) (+$(elapsed)s) $*"; }
+record() { echo "$1 $2 $(elapsed)" >> "$STATUS"; say "$1: $2"; }
+# run_stage NAME SECONDS_NEEDED COMMAND...: runs COMMAND under a timeout of what is left, if SECONDS_NEEDED fit.
+run_stage() {
+    local name=$1 need=$2
+    shift 2
+    if [ "$(left)" -lt "$need" ]; then
+        record "$name" "skipped (needs ${need}s, $(left)s left)"
+        return 1
+    fi
+    say "$name (up to $(( $(left) - 5 ))s)"
+    timeout --signal=INT --kill-after=10 $(( $(left) - 5 )) "$@"
+    local rc=$?
+    if [ $rc -eq 0 ]; then record "$name" ok; else record "$name" "failed (exit $rc)"; fi
+    return $rc
+}
+# best FIELD K [eager]: the fastest measured pack of K members in bench.json (route or compile mode).
+best() {
+    python3 - "$OUT/bench.json" "$1" "$2" "${3:-}" <<'PY' 2>/dev/null
+import json, sys
+path, field, k, eager = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "eager"
+r = json.load(open(path))
+packs = [(r["images_per_s"][n]["median"], p) for n, p in r["pipelines"].items()
+         if p["kind"] == "pack" and str(p["members"]) == k and not (eager and p["compile"])]
+if packs:
+    rate, p = max(packs, key=lambda x: x[0])
+    print({"route": p["route"], "compile": p["compile"] or "false", "rate": int(rate)}[field])
+PY
+}
+
+# --- the machine has torch but not the repo's other needs: install the carried wheels beside it
+if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" .whl/*.whl \
+        || { echo "error: installing the carried wheels failed; make them with scripts/device_bundle.sh"; exit 2; }
+    export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export DNM_DATA_ROOT=${DNM_DATA_ROOT:-$PWD/datasets/cifar10-jpeg}
+export DNM_CACHE_DIR="$WORK/cache" TORCHINDUCTOR_CACHE_DIR="$WORK/inductor" WANDB_MODE=disabled PYTHONUNBUFFERED=1
+RUNS="$WORK/outputs"
+DEVICE=${DEVICE:-cuda}
+# shellcheck disable=SC2206
+COMMON=(logger=none trainer.progress=false "output_root=$RUNS" ${RUN_ARGS:-})
+
+for stage in $STAGES; do
+    case $stage in
+    env)
+        say env
+        nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+        python3 -c "import sys, torch, torchvision; print(sys.version.split()[0], torch.__version__, \
+torchvision.__version__, torch.cuda.get_device_name(0), torch.backends.cudnn.version())"
+        git log -1 --format='commit %H %cd' 2>/dev/null || echo "commit: no .git here (a working-tree copy)"
+        record env ok
+        ;;
+    tests)
+        run_stage tests 60 python3 -m pytest -q -p no:cacheprovider -x tests/test_fused.py tests/test_optimizers.py \
+            -k "${TESTS_SELECT:-cuda}"
+        ;;
+    bench)
+        # shellcheck disable=SC2206
+        args=(${BENCH_ARGS:---ks 4,12,24 --routes loop,streams,vmap,grouped --compile reduce-overhead
+              --packs 24:grouped:reduce-overhead --processes 4 --steps 20 --warmup 5 --rounds 2 --min-time 1})
+        run_stage bench 120 python3 scripts/benchmark.py --device "$DEVICE" "${args[@]}" --json "$OUT/bench.json"
+        ;;
+    precision)
+        route=${PRECISION_ROUTE:-$(best route 12 eager)}
+        run_stage precision 150 python3 -m experiments.train -m experiment=precision_check launcher=packed \
+            hydra.launcher.packed_init=own "hydra.launcher.route=${route:-auto}" "${COMMON[@]}" ${PRECISION_ARGS:-}
+        if [ -d "$RUNS/sweeps/precision_check" ]; then
+            python3 scripts/precision_check.py "$RUNS/sweeps/precision_check" -o "$OUT/precision.md" \
+                --json "$OUT/precision.json"
+            tar -czf "$OUT/precision_runs.tar.gz" -C "$RUNS/sweeps" --exclude='*.pt' --exclude=wandb precision_check
+        fi
+        ;;
+    grid)
+        route=${GRID_ROUTE:-$(best route 24)}
+        mode=${GRID_COMPILE:-$(best compile 24)}
+        rate=$(best rate 24)
+        # 24 runs x 50 epochs x 50,000 images, plus a test pass per epoch (a tenth of the images, a third of the
+        # cost) and a minute of compiling.
+        need=$(( ${rate:-0} > 0 ? 60000000 * 11 / 10 / ${rate:-1} + 60 : 0 ))
+        [ -n "${rate:-}" ] || need=${GRID_NEEDS_S:-0}
+        say "grid: route ${route:-auto}, compile ${mode:-false}, ${rate:-unmeasured} img/s for 24 members, estimate ${need}s"
+        run_stage grid "$need" python3 -m experiments.train -m experiment=blog_adamw_vs_adamp seed=0 launcher=packed \
+            "hydra.launcher.route=${route:-auto}" "trainer.compile=${mode:-false}" \
+            ${GRID_PRECISION:+trainer.precision=$GRID_PRECISION} "${COMMON[@]}" ${GRID_ARGS:-}
+        if [ -d "$RUNS/sweeps/blog_adamw_vs_adamp" ]; then
+            tar -czf "$OUT/grid_seed0.tar.gz" -C "$RUNS/sweeps" --exclude='*.pt' --exclude=wandb blog_adamw_vs_adamp
+        fi
+        ;;
+    *)
+        echo "error: unknown stage $stage; choose from env tests bench precision grid"
+        exit 2
+        ;;
+    esac
+done
+
+python3 - "$STATUS" "$OUT/stages.json" <<'PY'
+import json, sys
+rows = [line.split(" ", 1) for line in open(sys.argv[1]) if line.strip()]
+stages = [{"stage": name, "result": rest.rsplit(" ", 1)[0], "at_s": int(rest.rsplit(" ", 1)[1])} for name, rest in rows]
+json.dump(stages, open(sys.argv[2], "w"), indent=2)
+for s in stages:
+    print(f"{s['stage']:<10} {s['result']:<40} at {s['at_s']} s")
+PY
+say "done; files in $OUT"
+ls -la "$OUT"

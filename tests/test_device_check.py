@@ -1,0 +1,81 @@
+"""scripts/device_check.sh, dry-run on this CPU: every stage runs, is recorded, and leaves its files in $OUT."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+from cli import REPO, cli_env
+
+TINY = "data=synthetic data.train_size=64 data.test_size=20 trainer.batch_size=16 trainer.epochs=1"
+
+
+def test_the_device_check_runs_every_stage_and_packs_its_outputs(tmp_path):
+    out, work = tmp_path / "out", tmp_path / "work"
+    # python3 on the PATH is this interpreter, as the GPU machine's python3 is its torch environment.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (bin_dir / "python3").chmod(0o755)
+    env = cli_env(tmp_path, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", OUT=str(out), WORK=str(work),
+                  DEVICE="cpu", DEADLINE_S="900", TESTS_SELECT="single_fused_adamw",
+                  BENCH_ARGS="--ks 2 --routes loop,grouped --steps 1 --warmup 0 --rounds 1 --min-time 0 "
+                             "--batch-size 8 --workers 0 --no-reference",
+                  RUN_ARGS=TINY, PRECISION_ARGS="trainer.precision=fp32,bf16 seed=0,1",
+                  GRID_ARGS="optimizer.lr=1e-3 optimizer.weight_decay=1e-4,1e-2")
+    proc = subprocess.run(["bash", "scripts/device_check.sh", "tests", "bench", "precision", "grid"], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    stages = json.loads((out / "stages.json").read_text())
+    assert [(s["stage"], s["result"]) for s in stages] == [("tests", "ok"), ("bench", "ok"), ("precision", "ok"),
+                                                           ("grid", "ok")], stages
+    bench = json.loads((out / "bench.json").read_text())
+    assert {"packed_2_loop", "packed_2_grouped"} <= set(bench["images_per_s"])
+    # The grid ran on the fastest route the benchmark measured for its pack size (24 here has none: auto).
+    assert "grid: route auto, compile false" in proc.stdout
+    precision = json.loads((out / "precision.json").read_text())
+    assert set(precision["acceptable"]) == {"fp32", "tf32", "bf16"} and precision["seeds"] == [0, 1]
+    assert "Cheapest acceptable precision" in (out / "precision.md").read_text()
+    with tarfile.open(out / "grid_seed0.tar.gz") as tar:
+        names = tar.getnames()
+    summaries = [n for n in names if n.endswith("/summary.json")]
+    assert len(summaries) == 4 and not any(n.endswith(".pt") for n in names)
+    assert all("trainer.compile" not in n for n in summaries)  # compiling changes no run folder
+    assert len(list(out.iterdir())) <= 8  # what the device tool brings back
+    assert (out / "device_check.log").read_text().count("===") >= 8
+
+
+def _fake_summary(root: Path, method: str, precision: str, seed: int, acc: float, norm: float,
+                  status: str = "finished") -> None:
+    run = root / f"optimizer={method},seed={seed},trainer.precision={precision}"
+    run.mkdir(parents=True)
+    cfg = {"optimizer": {"name": method}, "trainer": {"precision": precision, "epochs": 5}, "seed": seed}
+    (run / "summary.json").write_text(json.dumps({"status": status, "epochs_completed": 5 if status == "finished" else 2,
+                                                  "config": cfg, "final": {"test_acc": acc, "model_norm": norm}}))
+
+
+def test_the_precision_check_accepts_a_precision_only_within_half_the_seed_spread(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("precision_check", REPO / "scripts" / "precision_check.py")
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    seed_effect = [0.0, 0.01, -0.01, 0.005]  # fp32 seed std of accuracy: about 0.009
+    for method in ("adamw", "adamp"):
+        for seed, effect in enumerate(seed_effect):
+            _fake_summary(tmp_path, method, "fp32", seed, 0.60 + effect, 30.0 + 10 * effect)
+            _fake_summary(tmp_path, method, "tf32", seed, 0.60 + effect + 0.001, 30.0 + 10 * effect)
+            _fake_summary(tmp_path, method, "bf16", seed, 0.60 + effect + 0.02, 30.0 + 10 * effect)  # 2 points off
+    assert check.main([str(tmp_path), "--json", str(tmp_path / "p.json")]) == 0
+    report = json.loads((tmp_path / "p.json").read_text())
+    assert report["acceptable"] == {"fp32": True, "tf32": True, "bf16": False} and report["choice"] == "tf32"
+    bf16 = next(r for r in report["rows"] if r["precision"] == "bf16" and r["method"] == "adamw")
+    assert abs(bf16["test_acc"]["paired_diff"] - 0.02) < 1e-12 and bf16["test_acc"]["paired_diff_std"] < 1e-12
+    assert "> ½ seed std" in capsys.readouterr().out
+    # A run that did not finish is named and makes the check fail; it is never silently left out.
+    _fake_summary(tmp_path, "adamw", "bf16", 4, 0.1, 1.0, status="failed")
+    assert check.main([str(tmp_path)]) == 1
+    assert "status failed, 2 epochs" in capsys.readouterr().out
