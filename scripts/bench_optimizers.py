@@ -3,6 +3,9 @@
 Every optimizer gets its own copy of the same parameters and fixed gradients. Measurements are
 interleaved (each repeat times every optimizer once, in a rotated order) and the median over
 repeats is reported, so machine-load drift hits all optimizers alike.
+`--packs 12,24` adds, for each K, `fused_adamw_x{K}`: the fused update of a pack of K AdamW members
+(experiments/pack_optimizer.py) timed per step, and `fused_adamw_x{K}_per_member`: that over K,
+against one torch.optim.AdamW step (K separate foreach optimizers would take K of those).
 
     python scripts/bench_optimizers.py --device cpu --steps 50 --repeats 15 --json results/bench_optimizers.json
 """
@@ -75,9 +78,27 @@ def time_steps(opt: torch.optim.Optimizer, steps: int, device: torch.device) -> 
     return (time.perf_counter() - start) / steps
 
 
-def run(device: torch.device, steps: int, repeats: int, warmup: int) -> dict[str, dict[str, float]]:
+def fused_pack(members: int, device: torch.device):
+    """The fused optimizer of a pack of `members` ResNet20s (AdamW, lr and wd differing), with fixed gradients."""
+    from experiments.pack_optimizer import PackOptimizer
+    from experiments.packed_models import ModelPack
+    from experiments.schedules import ScheduleSpec
+
+    nets = []
+    for k in range(members):
+        torch.manual_seed(k)
+        nets.append(models.resnet20(batch_norm=True).to(device))
+    pack = ModelPack(nets)
+    pack.flat_grads.copy_(torch.randn_like(pack.flat_grads))
+    opts = [optimizers.AdamW(net.parameters(), lr=1e-3 * (1 + k % 3), weight_decay=1e-2) for k, net in enumerate(nets)]
+    return PackOptimizer(pack, opts, ScheduleSpec("constant"), 10**9, 1)
+
+
+def run(device: torch.device, steps: int, repeats: int, warmup: int, packs: tuple[int, ...] = ()
+        ) -> dict[str, dict[str, float]]:
     shapes = resnet20_shapes()
     opts = {name: make(make_params(shapes, device)) for name, make in optimizer_factories().items()}
+    opts.update({f"fused_adamw_x{k}": fused_pack(k, device) for k in packs})
     for opt in opts.values():
         for _ in range(warmup):
             opt.step()
@@ -88,10 +109,14 @@ def run(device: torch.device, steps: int, repeats: int, warmup: int) -> dict[str
         for name in names[shift:] + names[:shift]:
             samples[name].append(time_steps(opts[name], steps, device))
     base = statistics.median(samples[BASELINE])
-    return {
+    results = {
         name: {"ms_per_step": 1e3 * statistics.median(s), "ratio_to_torch_adamw": statistics.median(s) / base}
         for name, s in samples.items()
     }
+    for k in packs:
+        per_member = statistics.median(samples[f"fused_adamw_x{k}"]) / k
+        results[f"fused_adamw_x{k}_per_member"] = {"ms_per_step": 1e3 * per_member, "ratio_to_torch_adamw": per_member / base}
+    return results
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -101,8 +126,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=15, help="interleaved rounds; the median is reported")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps per optimizer first")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--packs", default="", help="also time the fused update of packs of these sizes, e.g. 12,24")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here (atomically)")
     args = parser.parse_args(argv)
+    try:
+        packs = tuple(int(k) for k in args.packs.split(",") if k.strip())
+    except ValueError:
+        parser.error(f"--packs must be comma-separated integers, e.g. 12,24 (got {args.packs!r})")
+    if any(k < 1 for k in packs):
+        parser.error(f"--packs must be >= 1 (got {args.packs})")
     for name, least in (("steps", 1), ("repeats", 1), ("warmup", 0), ("threads", 1)):
         value = getattr(args, name)
         if value is not None and value < least:
@@ -112,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     device = pick_device(args.device)
     shapes = resnet20_shapes()
-    results = run(device, args.steps, args.repeats, args.warmup)
+    results = run(device, args.steps, args.repeats, args.warmup, packs)
     numel = sum(torch.Size(s).numel() for s in shapes)
     print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} "
           f"tensors={len(shapes)} values={numel:,} steps={args.steps} repeats={args.repeats}")
@@ -121,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{name:<18}{r['ms_per_step']:>10.3f}{r['ratio_to_torch_adamw']:>15.3f}")
     payload = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git_commit": git_commit(),
                "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
-               "tensors": len(shapes), "values": numel, "steps": args.steps, "repeats": args.repeats,
+               "tensors": len(shapes), "values": numel, "steps": args.steps, "repeats": args.repeats, "packs": list(packs),
                "results": results}
     if args.json is not None:
         run_files.write_json(args.json, payload)

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # The whole GPU check in one command on a bare, lent GPU machine (results/benchmarks.md, "The device check").
 #
-#   bash scripts/device_check.sh [STAGE ...]    STAGE: env tests bench precision grid (default: all, in that order)
+#   bash scripts/device_check.sh [STAGE ...]    STAGE: env tests optim bench precision grid (default: all, in order)
 #
 # Beside the repo it needs datasets/cifar10-jpeg/ and .whl/ (scripts/device_bundle.sh makes both here), carried:
 #   run(command="bash scripts/device_check.sh", carry=["datasets/cifar10-jpeg", ".whl"], timeout_s=590)
-# Everything it keeps goes to $OUT (the device tool's folder; outputs/device_check otherwise), 7 files at most:
-#   device_check.log, bench.json, precision.md, precision.json, precision_runs.tar.gz, grid_seed0.tar.gz, stages.json
+# Everything it keeps goes to $OUT (the device tool's folder; outputs/device_check otherwise), 8 files at most:
+#   device_check.log, bench_optimizers.json, bench.json, precision.md, precision.json, precision_runs.tar.gz,
+#   grid_seed0.tar.gz, stages.json
 # Stages:
 #   env        GPU, driver, Python and torch versions
 #   tests      the optimizer and fused-optimizer exactness tests on CUDA (tests/test_optimizers.py, test_fused.py)
+#   optim      scripts/bench_optimizers.py: every optimizer's step, and the fused update of packs of 12 and 24
 #   bench      scripts/benchmark.py: reference, single run eager and compiled, packs of 4/12/24 on every route,
 #              a compiled pack of 24, 4 concurrent single-run processes (BENCH_ARGS replaces the defaults)
 #   precision  experiment=precision_check (fp32 vs tf32 vs bf16, 2 methods x 4 seeds, 5 epochs) on the fastest
@@ -21,6 +23,7 @@
 # Each stage runs only if time is left before DEADLINE_S (default 540 s after the start); a stage that fails or
 # runs out of time is recorded in stages.json and the next one goes on.
 # A dry run of the plumbing on a CPU (what tests/test_device_check.py does): DEVICE=cpu, TESTS_SELECT, BENCH_ARGS,
+# OPTIM_ARGS (added to bench_optimizers.py's),
 # RUN_ARGS (Hydra overrides added to the precision and grid sweeps, e.g. a data subset and one epoch), and
 # PRECISION_ARGS / GRID_ARGS (added to one of them, e.g. a smaller grid).
 set -uo pipefail
@@ -31,7 +34,7 @@ OUT=${OUT:-outputs/device_check}
 WORK=${WORK:-/tmp/dnm_device_check}
 mkdir -p "$OUT" "$WORK"
 exec > >(tee -a "$OUT/device_check.log") 2>&1
-STAGES=${*:-env tests bench precision grid}
+STAGES=${*:-env tests optim bench precision grid}
 STATUS="$WORK/stages.txt"
 : > "$STATUS"
 
@@ -94,6 +97,10 @@ torchvision.__version__, torch.cuda.get_device_name(0), torch.backends.cudnn.ver
         run_stage tests 60 python3 -m pytest -q -p no:cacheprovider -x tests/test_fused.py tests/test_optimizers.py \
             -k "${TESTS_SELECT:-cuda}"
         ;;
+    optim)
+        run_stage optim 30 python3 scripts/bench_optimizers.py --device "$DEVICE" --packs 12,24 \
+            --json "$OUT/bench_optimizers.json" ${OPTIM_ARGS:-}
+        ;;
     bench)
         # shellcheck disable=SC2206
         args=(${BENCH_ARGS:---ks 4,12,24 --routes loop,streams,vmap,grouped --compile reduce-overhead
@@ -127,7 +134,7 @@ torchvision.__version__, torch.cuda.get_device_name(0), torch.backends.cudnn.ver
         fi
         ;;
     *)
-        echo "error: unknown stage $stage; choose from env tests bench precision grid"
+        echo "error: unknown stage $stage; choose from env tests optim bench precision grid"
         exit 2
         ;;
     esac

@@ -24,14 +24,15 @@ def test_the_device_check_runs_every_stage_and_packs_its_outputs(tmp_path):
                   DEVICE="cpu", DEADLINE_S="900", TESTS_SELECT="single_fused_adamw",
                   BENCH_ARGS="--ks 2 --routes loop,grouped --steps 1 --warmup 0 --rounds 1 --min-time 0 "
                              "--batch-size 8 --workers 0 --no-reference",
-                  RUN_ARGS=TINY, PRECISION_ARGS="trainer.precision=fp32,bf16 seed=0,1",
+                  OPTIM_ARGS="--steps 1 --repeats 1 --warmup 0", RUN_ARGS=TINY, PRECISION_ARGS="trainer.precision=fp32,bf16 seed=0,1",
                   GRID_ARGS="optimizer.lr=1e-3 optimizer.weight_decay=1e-4,1e-2")
-    proc = subprocess.run(["bash", "scripts/device_check.sh", "tests", "bench", "precision", "grid"], cwd=REPO,
+    proc = subprocess.run(["bash", "scripts/device_check.sh", "tests", "bench", "precision", "grid", "optim"], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:]
     stages = json.loads((out / "stages.json").read_text())
     assert [(s["stage"], s["result"]) for s in stages] == [("tests", "ok"), ("bench", "ok"), ("precision", "ok"),
-                                                           ("grid", "ok")], stages
+                                                           ("grid", "ok"), ("optim", "ok")], stages
+    assert "fused_adamw_x24_per_member" in json.loads((out / "bench_optimizers.json").read_text())["results"]
     bench = json.loads((out / "bench.json").read_text())
     assert {"packed_2_loop", "packed_2_grouped"} <= set(bench["images_per_s"])
     # The grid ran on the fastest route the benchmark measured for its pack size (24 here has none: auto).

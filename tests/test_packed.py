@@ -565,10 +565,14 @@ def test_a_bad_launcher_option_is_a_one_line_error(tmp_path):
 def test_optimizer_benchmark_times_every_variant_and_records_its_code(tmp_path):
     bench = load_script("bench_optimizers")
     out = tmp_path / "opt.json"
-    payload = bench.main(["--device", "cpu", "--steps", "1", "--repeats", "1", "--warmup", "0", "--json", str(out)])
+    payload = bench.main(["--device", "cpu", "--steps", "1", "--repeats", "1", "--warmup", "0", "--packs", "2",
+                          "--json", str(out)])
     assert json.loads(out.read_text()) == payload
     assert payload["git_commit"] == git_commit() and payload["date"]
-    assert {"adam", "adamw", "adamp", "torch_adamw"} <= set(payload["results"])
+    assert {"adam", "adamw", "adamp", "torch_adamw", "fused_adamw_x2", "fused_adamw_x2_per_member"} <= set(
+        payload["results"])
+    fused = payload["results"]
+    assert fused["fused_adamw_x2_per_member"]["ms_per_step"] == pytest.approx(fused["fused_adamw_x2"]["ms_per_step"] / 2)
     assert payload["results"]["torch_adamw"]["ratio_to_torch_adamw"] == pytest.approx(1.0)
     assert all(r["ms_per_step"] > 0 for r in payload["results"].values())
 
