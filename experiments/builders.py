@@ -31,6 +31,13 @@ def setup_host_memory(trainer_cfg: DictConfig, device: torch.device) -> None:
         keep_freed_memory()
 
 
+def setup_cudnn(trainer_cfg: DictConfig, device: torch.device) -> None:
+    """trainer.cudnn_benchmark: on CUDA, let cuDNN time its convolution algorithms once per shape and keep the
+    fastest (every batch of a run has one shape). Changes rounding, not what is computed."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = bool(trainer_cfg.get("cudnn_benchmark", True))
+
+
 def setup_precision(precision: str, device: torch.device):
     """Sets matmul precision and returns the autocast context for the forward pass."""
     torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"

@@ -37,7 +37,8 @@ def check_config(cfg: DictConfig) -> None:
     _require(isinstance(compile_setting, bool) or compile_setting in COMPILE_MODES,
              f"trainer.compile must be false or one of {', '.join(COMPILE_MODES)} (got {compile_setting}); "
              "e.g. trainer.compile=reduce-overhead")
-    flags = {f"trainer.{key}": tr.get(key, False) for key in ("channels_last", "keep_freed_memory", "checkpoint")}
+    flags = {f"trainer.{key}": tr.get(key, False) for key in ("channels_last", "keep_freed_memory", "checkpoint",
+                                                              "cudnn_benchmark")}
     flags["model.batch_norm"] = cfg.model.batch_norm
     for key, value in flags.items():
         _require(isinstance(value, bool), f"{key} must be true or false (got {value})")

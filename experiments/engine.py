@@ -28,7 +28,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from data import DeviceLoader
 from experiments import run_files
-from experiments.builders import build_model, build_optimizer, load_data, pick_device, setup_host_memory, setup_precision
+from experiments.builders import (
+    build_model,
+    build_optimizer,
+    load_data,
+    pick_device,
+    setup_cudnn,
+    setup_host_memory,
+    setup_precision,
+)
 from experiments.config_checks import compile_mode
 from experiments.epoch import TrainStep, evaluate, train_epoch
 from experiments.pack_optimizer import PackOptimizer
@@ -126,6 +134,7 @@ class PackRun:
         self.lead = lead
         self.device = pick_device(lead.trainer.device)
         setup_host_memory(lead.trainer, self.device)
+        setup_cudnn(lead.trainer, self.device)
         self.autocast = setup_precision(lead.trainer.precision, self.device)
         dataset = load_data(lead, base_dir)
         models = []

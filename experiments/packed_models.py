@@ -202,6 +202,15 @@ class ModelPack:
     def compile(self, mode: str) -> None:
         """torch.compile the forward and loss of this pack's route (mode: default, reduce-overhead, max-autotune)."""
         options = dict(fullgraph=True, mode=None if mode == "default" else mode)
+        if mode == "reduce-overhead":
+            # CUDA graphs replay fixed addresses and skip any graph that mutates an input they do not own:
+            # declare the weights and the BatchNorm statistics (mutated in train mode) static.
+            static = [*self.params.values(), *self.buffers.values(),
+                      *(t for member in self._member_params + self._member_buffers for t in member.values())]
+            if self.route == "grouped":
+                static += list(self._grouped_buffers.values())
+            for tensor in static:
+                torch._dynamo.mark_static_address(tensor)
         if self.route in ("vmap", "grouped"):
             self._pack_loss = torch.compile(self._pack_loss_eager, **options)
         else:

@@ -115,7 +115,8 @@ def run(device: torch.device, steps: int, repeats: int, warmup: int, packs: tupl
     }
     for k in packs:
         per_member = statistics.median(samples[f"fused_adamw_x{k}"]) / k
-        results[f"fused_adamw_x{k}_per_member"] = {"ms_per_step": 1e3 * per_member, "ratio_to_torch_adamw": per_member / base}
+        results[f"fused_adamw_x{k}_per_member"] = {"ms_per_step": 1e3 * per_member,
+                                                   "ratio_to_torch_adamw": per_member / base}
     return results
 
 

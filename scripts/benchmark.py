@@ -294,6 +294,7 @@ def _process_worker(args, device_name: str, ready, start, results) -> None:
             torch.set_num_threads(args.threads)
         device = pick_device(device_name)
         autocast = setup_precision(args.precision, device)
+        torch.backends.cudnn.benchmark = device.type == "cuda" and _trainer_default("cudnn_benchmark")
         ds = synthetic_data(args, args.warmup_steps + args.timed_steps)
         measure = engine_pipeline(args, ds, device, autocast, members=1, route="loop", mode=None)
         measure(max(args.warmup_steps, 1))
@@ -427,6 +428,8 @@ def run(args) -> dict:
     min_time = args.min_time if args.min_time is not None else (2.0 if on_gpu else 3.0)
     args.warmup_steps, args.timed_steps, args.min_time_s = warmup, steps, min_time
     autocast = setup_precision(args.precision, device)
+    # As trainer.cudnn_benchmark does (process-wide, so for the reference too, as a tuned plain script would).
+    torch.backends.cudnn.benchmark = on_gpu and _trainer_default("cudnn_benchmark")
     ds = synthetic_data(args, warmup + steps)
 
     pipelines, kinds = {}, {}
@@ -483,7 +486,8 @@ def run(args) -> dict:
                      "batch_norm": args.batch_norm, "precision": args.precision, "steps": steps, "warmup": warmup,
                      "rounds": rounds, "min_time_s": min_time, "ks": args.ks, "reference_workers": args.workers,
                      "channels_last": args.channels_last, "routes": args.routes, "compile": args.compile,
-                     "processes": args.processes, "threads": torch.get_num_threads(), "keep_freed_memory": two_phase},
+                     "processes": args.processes, "threads": torch.get_num_threads(), "keep_freed_memory": two_phase,
+                     "cudnn_benchmark": torch.backends.cudnn.benchmark},
         "pipelines": kinds,
         "images_per_s": measured,
         "images_per_s_default_malloc": default_malloc,

@@ -81,7 +81,8 @@ export DNM_CACHE_DIR="$WORK/cache" TORCHINDUCTOR_CACHE_DIR="$WORK/inductor" WAND
 RUNS="$WORK/outputs"
 DEVICE=${DEVICE:-cuda}
 # shellcheck disable=SC2206
-COMMON=(logger=none trainer.progress=false "output_root=$RUNS" ${RUN_ARGS:-})
+# No checkpoints: nothing outlives the machine, so no later window could resume from one.
+COMMON=(logger=none trainer.progress=false trainer.checkpoint=false "output_root=$RUNS" ${RUN_ARGS:-})
 
 for stage in $STAGES; do
     case $stage in

@@ -15,7 +15,6 @@ Every run must be finished: a missing, failed or cut-short run is listed and the
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path

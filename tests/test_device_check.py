@@ -24,7 +24,8 @@ def test_the_device_check_runs_every_stage_and_packs_its_outputs(tmp_path):
                   DEVICE="cpu", DEADLINE_S="900", TESTS_SELECT="single_fused_adamw",
                   BENCH_ARGS="--ks 2 --routes loop,grouped --steps 1 --warmup 0 --rounds 1 --min-time 0 "
                              "--batch-size 8 --workers 0 --no-reference",
-                  OPTIM_ARGS="--steps 1 --repeats 1 --warmup 0", RUN_ARGS=TINY, PRECISION_ARGS="trainer.precision=fp32,bf16 seed=0,1",
+                  OPTIM_ARGS="--steps 1 --repeats 1 --warmup 0", RUN_ARGS=TINY,
+                  PRECISION_ARGS="trainer.precision=fp32,bf16 seed=0,1",
                   GRID_ARGS="optimizer.lr=1e-3 optimizer.weight_decay=1e-4,1e-2")
     proc = subprocess.run(["bash", "scripts/device_check.sh", "tests", "bench", "precision", "grid", "optim"], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=900)

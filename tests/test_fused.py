@@ -105,14 +105,19 @@ def test_every_optimizer_of_the_package_has_a_fused_form_and_kinds_share_it():
     assert fused_form(torch.optim.Adam(nets[0].parameters())) is None  # a foreign class steps by itself
 
 
-@DEVICE
-def test_fused_members_equal_their_own_optimizers_in_float64(device):
+def every_member_both_ways(device, dtype, seed):
+    """Every member of MEMBERS on its own (the references) and all of them as one fused pack, on the same gradients."""
     steps = STEPS_PER_EPOCH * EPOCHS
     refs, grads = [], []
     for k, (cls, kwargs, exclude) in enumerate(MEMBERS):
-        grads.append(gradients(build(k, device, torch.float64), steps, seed=100 + k))
-        refs.append(separate_run(k, cls, kwargs, exclude, grads[-1], device, torch.float64))
-    pack, pack_opt = fused_run(MEMBERS, grads, device, torch.float64)
+        grads.append(gradients(build(k, device, dtype), steps, seed=seed + k))
+        refs.append(separate_run(k, cls, kwargs, exclude, grads[-1], device, dtype))
+    return refs, *fused_run(MEMBERS, grads, device, dtype)
+
+
+@DEVICE
+def test_fused_members_equal_their_own_optimizers_in_float64(device):
+    refs, pack, pack_opt = every_member_both_ways(device, torch.float64, seed=100)
     assert len(pack_opt.blocks) == 10 and not pack_opt.fallback  # runs of equal kinds fused, nothing left over
     for k, (model, opt, sched) in enumerate(refs):
         for (name, want), got in zip(model.named_parameters(), pack.members[k].parameters()):
@@ -122,12 +127,7 @@ def test_fused_members_equal_their_own_optimizers_in_float64(device):
 
 @DEVICE
 def test_fused_members_equal_their_own_optimizers_in_float32(device):
-    steps = STEPS_PER_EPOCH * EPOCHS
-    refs, grads = [], []
-    for k, (cls, kwargs, exclude) in enumerate(MEMBERS):
-        grads.append(gradients(build(k, device, torch.float32), steps, seed=200 + k))
-        refs.append(separate_run(k, cls, kwargs, exclude, grads[-1], device, torch.float32))
-    pack, _ = fused_run(MEMBERS, grads, device, torch.float32)
+    refs, pack, _ = every_member_both_ways(device, torch.float32, seed=200)
     for k, (model, _, _) in enumerate(refs):
         want = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
         got = torch.cat([p.detach().reshape(-1) for p in pack.members[k].parameters()])
@@ -273,20 +273,20 @@ def test_a_foreign_optimizer_class_steps_on_its_own_beside_fused_members():
     assert pack_opt.lr(1) == opt.param_groups[0]["lr"]
 
 
-def test_a_state_dict_of_other_hyperparameters_is_refused():
+def test_a_state_dict_of_other_hyperparameters_or_another_step_is_refused():
     grads = [gradients(build(0, "cpu", torch.float32), 3, seed=1)]
-    _, pack_opt = fused_run(MEMBERS[:1], grads, "cpu", torch.float32)
+    _, pack_opt = fused_run(MEMBERS[:1], grads, "cpu", torch.float32)  # AdamW lr 1e-3, three steps
     opt_state, sched_state = pack_opt.member_state_dict(0)
-    net = build(0, "cpu", torch.float32)
-    other = PackOptimizer(ModelPack([net]), [optimizers.AdamW(optimizers.param_groups(net, 5e-2), lr=2e-3,
-                                                              weight_decay=5e-2)], SCHEDULE, STEPS_PER_EPOCH, EPOCHS)
-    other.set_steps(3)
+
+    def fresh(lr: float, steps: int) -> PackOptimizer:
+        net = build(0, "cpu", torch.float32)
+        opt = optimizers.AdamW(optimizers.param_groups(net, 5e-2), lr=lr, weight_decay=5e-2)
+        fresh_opt = PackOptimizer(ModelPack([net]), [opt], SCHEDULE, STEPS_PER_EPOCH, EPOCHS)
+        fresh_opt.set_steps(steps)
+        return fresh_opt
+
     with pytest.raises(CheckpointMismatch, match="initial_lr=0.001, this run has 0.002"):
-        other.load_member_state_dict(0, opt_state, sched_state, active=True, where="x.pt")
-    other.set_steps(4)
+        fresh(2e-3, 3).load_member_state_dict(0, opt_state, sched_state, active=True, where="x.pt")
     with pytest.raises(CheckpointMismatch, match="taken 3 steps, its pack 4"):
-        pack_opt2 = PackOptimizer(ModelPack([build(0, "cpu", torch.float32)]),
-                                  [optimizers.AdamW(optimizers.param_groups(net, 5e-2), lr=1e-3, weight_decay=5e-2)],
-                                  SCHEDULE, STEPS_PER_EPOCH, EPOCHS)
-        pack_opt2.set_steps(4)
-        pack_opt2.load_member_state_dict(0, opt_state, sched_state, active=True, where="x.pt")
+        fresh(1e-3, 4).load_member_state_dict(0, opt_state, sched_state, active=True, where="x.pt")
+    fresh(1e-3, 3).load_member_state_dict(0, opt_state, sched_state, active=True, where="x.pt")  # its own: fine
