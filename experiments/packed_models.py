@@ -323,7 +323,8 @@ class ModelPack:
         for name, (start, stop) in self.columns.items():
             if start == offset and param.shape == self.params[name].shape[1:]:
                 return start, stop, name
-        raise ValueError("this tensor is not a parameter of the pack's members")
+        raise ValueError("this tensor is not a parameter of the pack's members; build the members' optimizers after "
+                         "the ModelPack, which puts views of its buffer in place of their parameters")
 
     def state_dict(self) -> dict:
         return {"params": {k: v.detach().clone() for k, v in self.params.items()},

@@ -280,8 +280,9 @@ def test_a_state_dict_of_other_hyperparameters_or_another_step_is_refused():
 
     def fresh(lr: float, steps: int) -> PackOptimizer:
         net = build(0, "cpu", torch.float32)
+        pack = ModelPack([net])  # first: the pack puts views of its buffer in place of the net's parameters
         opt = optimizers.AdamW(optimizers.param_groups(net, 5e-2), lr=lr, weight_decay=5e-2)
-        fresh_opt = PackOptimizer(ModelPack([net]), [opt], SCHEDULE, STEPS_PER_EPOCH, EPOCHS)
+        fresh_opt = PackOptimizer(pack, [opt], SCHEDULE, STEPS_PER_EPOCH, EPOCHS)
         fresh_opt.set_steps(steps)
         return fresh_opt
 
