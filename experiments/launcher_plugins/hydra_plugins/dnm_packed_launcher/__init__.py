@@ -22,8 +22,8 @@ class PackedLauncher(Launcher):
     pack_size: most runs per pack (null: every compatible run of the sweep in one pack).
     packed_init: shared (a pack holds one seed: members start alike, as their single runs) or
     own (seeds mix in a pack; each member starts from its own seed).
-    route: auto (vmap on CUDA for packs of 4 or more, loop otherwise), vmap or loop
-    (experiments/packed_models.py).
+    route: auto (vmap on CUDA for packs of 4 or more, loop otherwise), loop, streams, vmap or
+    grouped (experiments/packed_models.py).
     """
 
     def __init__(self, pack_size: Optional[int] = None, packed_init: str = "shared", route: str = "auto") -> None:
