@@ -21,11 +21,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
-# The main job: a small real sweep on a CIFAR-10 subset, ending with its heatmaps.
+# The main job: a small real sweep on a CIFAR-10 subset, ending with its heatmaps. Everything it writes
+# goes under outputs/ (git-ignored): results/ holds curated results only (results/README.md says how
+# each was made; its smoke files are this demo's output, copied there on purpose).
 demo: $(STAMP)
 	$(PY) -m experiments.train -m experiment=smoke
-	$(PY) scripts/collect.py outputs/sweeps/smoke -o results/smoke.csv
-	$(PY) scripts/figures.py results/smoke.csv -o results/figures/smoke/
+	$(PY) scripts/collect.py outputs/sweeps/smoke -o outputs/demo/smoke.csv
+	$(PY) scripts/figures.py outputs/demo/smoke.csv -o outputs/demo/figures/
 
 bench: $(STAMP)
 	$(PY) scripts/bench_optimizers.py

@@ -77,16 +77,17 @@ def _select(ds: ImageDataset, subset, test_subset, val_split, seed: int) -> Imag
         n_val = resolve_count(val_split, train_y.numel(), "val_split")
         if n_val == train_y.numel():
             raise ValueError(f"val_split={val_split!r} would leave no training images")
-        val = balanced_indices(train_y, n_val, c, make_generator(seed, "val"))
+        val = balanced_indices(train_y, n_val, c, make_generator(seed, "val"), "val_split")
         keep = complement(val, train_y.numel())
         test_x, test_y = train_x[val], train_y[val]
         train_x, train_y = train_x[keep], train_y[keep]
     if subset is not None:
-        idx = balanced_indices(train_y, resolve_count(subset, train_y.numel(), "subset"), c, make_generator(seed, "train"))
+        idx = balanced_indices(train_y, resolve_count(subset, train_y.numel(), "subset"), c,
+                               make_generator(seed, "train"), "subset")
         train_x, train_y = train_x[idx], train_y[idx]
     if test_subset is not None:
         idx = balanced_indices(test_y, resolve_count(test_subset, test_y.numel(), "test_subset"), c,
-                               make_generator(seed, "test"))
+                               make_generator(seed, "test"), "test_subset")
         test_x, test_y = test_x[idx], test_y[idx]
     return ImageDataset(
         train_x=train_x.contiguous(), train_y=train_y.contiguous(), test_x=test_x.contiguous(),

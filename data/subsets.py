@@ -20,12 +20,17 @@ def resolve_count(value: int | float, available: int, what: str) -> int:
     return count
 
 
-def balanced_indices(labels: torch.Tensor, count: int, num_classes: int, generator: torch.Generator) -> torch.Tensor:
+def balanced_indices(labels: torch.Tensor, count: int, num_classes: int, generator: torch.Generator,
+                     what: str = "subset") -> torch.Tensor:
     """Pick `count` indices with equal numbers per class, sorted ascending.
 
     Each class gets count // num_classes images; the count % num_classes leftover images go one each
     to classes drawn at random (from `generator`). Within a class the images are drawn at random.
+    A count below num_classes is refused: some class would get no image at all.
     """
+    if count < num_classes:
+        raise ValueError(f"data.{what}={count} is smaller than the {num_classes} classes, so some class would have "
+                         f"no image; use data.{what} >= {num_classes}")
     quota = torch.full((num_classes,), count // num_classes, dtype=torch.int64)
     quota[torch.randperm(num_classes, generator=generator)[: count % num_classes]] += 1
     chosen = []

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-VALID_DEPTHS = (20, 32, 44, 56, 110)
+from models import blocks_per_stage
+from optimizers import OPTIMIZERS
+
 PRECISIONS = ("fp32", "tf32", "bf16")
 # trainer.compile: false, or a torch.compile mode (true is taken as "default").
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
@@ -18,19 +20,32 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _is_number(value) -> bool:
+    # YAML's true/false are not numbers here, although Python's bool is an int.
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _number(key: str, value, rule: str, ok, example: str) -> None:
+    _require(_is_number(value), f"{key} must be a number {rule} (got {value!r}); e.g. {example}")
+    _require(ok(value), f"{key} must be {rule} (got {value}); e.g. {example}")
+
+
+def _integer(key: str, value, least: int, example: str) -> None:
+    _require(isinstance(value, int) and not isinstance(value, bool) and value >= least,
+             f"{key} must be an integer >= {least} (got {value!r}); e.g. {example}")
+
+
 def check_config(cfg: DictConfig) -> None:
-    opt, tr, data = cfg.optimizer, cfg.trainer, cfg.data
-    _require(isinstance(opt.lr, (int, float)) and opt.lr > 0,
-             f"optimizer.lr must be > 0 (got {opt.lr}); e.g. optimizer.lr=1e-3")
-    _require(isinstance(opt.weight_decay, (int, float)) and opt.weight_decay >= 0,
-             f"optimizer.weight_decay must be >= 0 (got {opt.weight_decay}); e.g. optimizer.weight_decay=1e-4")
-    _require(opt.name != "adam" or opt.weight_decay == 0,
-             "optimizer=adam has no weight decay; use adaml2, adamw, decoupled_adamw, proxadam or adamp, "
+    opt, tr, data, sched = cfg.optimizer, cfg.trainer, cfg.data, cfg.schedule
+    _number("optimizer.lr", opt.lr, "> 0", lambda v: v > 0, "optimizer.lr=1e-3")
+    _number("optimizer.weight_decay", opt.weight_decay, ">= 0", lambda v: v >= 0, "optimizer.weight_decay=1e-4")
+    with_decay = [name for name, cls in OPTIMIZERS.items() if cls.weight_decay_convention is not None]
+    _require(OPTIMIZERS.get(opt.name) is None or OPTIMIZERS[opt.name].weight_decay_convention is not None
+             or opt.weight_decay == 0,
+             f"optimizer={opt.name} has no weight decay; use one of {', '.join(with_decay)}, "
              "or set optimizer.weight_decay=0")
-    _require(isinstance(tr.epochs, int) and tr.epochs >= 1,
-             f"trainer.epochs must be an integer >= 1 (got {tr.epochs})")
-    _require(isinstance(tr.batch_size, int) and tr.batch_size >= 1,
-             f"trainer.batch_size must be an integer >= 1 (got {tr.batch_size})")
+    _integer("trainer.epochs", tr.epochs, 1, "trainer.epochs=50")
+    _integer("trainer.batch_size", tr.batch_size, 1, "trainer.batch_size=128")
     _require(tr.precision in PRECISIONS,
              f"trainer.precision must be one of {', '.join(PRECISIONS)} (got {tr.precision})")
     compile_setting = tr.get("compile", False)
@@ -42,19 +57,45 @@ def check_config(cfg: DictConfig) -> None:
     flags["model.batch_norm"] = cfg.model.batch_norm
     for key, value in flags.items():
         _require(isinstance(value, bool), f"{key} must be true or false (got {value})")
-    _require(cfg.model.depth in VALID_DEPTHS,
-             f"model.depth must be one of {', '.join(map(str, VALID_DEPTHS))} (got {cfg.model.depth})")
-    _require(isinstance(cfg.loss_multiplier, (int, float)) and cfg.loss_multiplier > 0,
-             f"loss_multiplier must be > 0 (got {cfg.loss_multiplier}); 1.0 trains on the plain loss")
+    try:
+        blocks_per_stage(cfg.model.depth)
+    except ValueError:
+        raise ConfigError(f"model.depth must be 6n+2 with n >= 1, e.g. 20, 32, 44, 56, 110 (got {cfg.model.depth})") \
+            from None
+    _number("loss_multiplier", cfg.loss_multiplier, "> 0", lambda v: v > 0, "loss_multiplier=1.0 (the plain loss)")
+    _check_schedule(sched, tr.epochs)
     for key in ("subset", "test_subset"):
         value = data.get(key)
-        _require(value is None or (isinstance(value, int) and value >= 1),
-                 f"data.{key} must be null or an integer >= 1 (got {value})")
+        _require(value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1),
+                 f"data.{key} must be null or an integer >= 1 (got {value!r})")
     if data.name != "synthetic":
         _require(data.root is not None and str(data.root) != "",
                  f"data.root is not set; pass data.root=/path/to/{data.name} or set DNM_DATA_ROOT")
         # A root that does not exist yet is left to the data loader: it downloads there when the network
         # allows, and otherwise fails with the one line that names the layouts and where to get the files.
+
+
+def _check_schedule(sched: DictConfig, epochs: int) -> None:
+    warmup = sched.get("warmup_epochs", 0)
+    _number("schedule.warmup_epochs", warmup, ">= 0", lambda v: v >= 0, "schedule.warmup_epochs=1")
+    _require(warmup < epochs or warmup == 0,
+             f"schedule.warmup_epochs={warmup} is not shorter than trainer.epochs={epochs}, so the schedule would "
+             "never leave its warmup; use fewer warmup epochs or more epochs")
+    if sched.name == "cosine":
+        _number("schedule.min_factor", sched.min_factor, "in [0, 1]", lambda v: 0 <= v <= 1, "schedule.min_factor=0")
+    if sched.name == "multistep":
+        _number("schedule.gamma", sched.gamma, "> 0", lambda v: v > 0, "schedule.gamma=0.1")
+        for m in sched.milestones:
+            _number("schedule.milestones", m, "in (0, 1) (fractions of the run)", lambda v: 0 < v < 1,
+                    "schedule.milestones=[0.5,0.75]")
+
+
+def check_data_fits(cfg: DictConfig, train_images: int) -> None:
+    """After the data is loaded: every epoch needs one full batch (the loader drops a partial last one)."""
+    batch = cfg.trainer.batch_size
+    _require(batch <= train_images,
+             f"trainer.batch_size={batch} is larger than the {train_images} training images, so an epoch would have "
+             f"no batch; use trainer.batch_size <= {train_images}, or more images (data.subset)")
 
 
 def compile_mode(trainer_cfg: DictConfig) -> str | None:

@@ -4,10 +4,12 @@
 optimizers from the members' configs, resumes from a checkpoint, trains epoch by epoch
 (experiments/epoch.py), writes each member's config.yaml, metrics.csv and summary.json after every
 epoch (atomically), logs to W&B, stops a member that diverges while the others go on, and marks the
-members interrupted when the process is stopped. Where the checkpoint lives and how it is laid out
-is the caller's `store`: a single run keeps its own checkpoint.pt in its run folder
-(experiments/trainer.py), a pack one checkpoint for all members in its pack folder
-(experiments/packed.py); both formats are what they were before this driver existed.
+members interrupted when the process is stopped. It resumes each member from a state in the
+single-run formats (experiments/checkpoints.py), wherever it was saved, so any launcher resumes a
+run any other launcher began. Where the checkpoint goes and how it is laid out is the caller's
+`store`: a single run keeps its own checkpoint.pt in its run folder (experiments/trainer.py), a pack
+one checkpoint for all members in its pack folder (experiments/packed.py); both formats are what
+they were before this driver existed, and each member's summary.json names the file holding it.
 
 W&B: a single run logs each epoch as it happens; a pack logs each member's whole history when the
 pack ends (W&B holds one live run per process), so an interrupted pack logs nothing until resumed.
@@ -37,10 +39,12 @@ from experiments.builders import (
     setup_host_memory,
     setup_precision,
 )
-from experiments.config_checks import compile_mode
+from experiments.checkpoints import MemberState
+from experiments.config_checks import check_data_fits, compile_mode
 from experiments.epoch import TrainStep, evaluate, train_epoch
 from experiments.pack_optimizer import PackOptimizer
 from experiments.packed_models import ModelPack, default_route
+from experiments.run_identity import cached_fingerprint
 from experiments.run_record import (
     METRIC_COLUMNS,
     is_finite,
@@ -73,16 +77,18 @@ class MemberRecord:
         self.status = "running"
         self.diverged_epoch: int | None = None
         self.end_wall: float | None = None
+        self.checkpoint: Path | None = None  # the file that holds this member after its last epoch
 
     @property
     def extra(self) -> dict:
         # Lets a per-run log handler (the packed launcher's) keep only this member's lines.
         return {"pack_member": str(self.spec.run_dir)}
 
-    def summary(self, status: str, wall: float, device: str, error: str | None = None) -> dict:
+    def summary(self, status: str, wall: float, device: str, error: str | None = None, data: dict | None = None,
+                checkpoint: str | None = None) -> dict:
         m = self.spec
         return summarize(m.cfg, m.run_dir, m.run_name, self.history, status, wall_time_s=wall, device=device,
-                         error=error, diverged_epoch=self.diverged_epoch)
+                         error=error, diverged_epoch=self.diverged_epoch, data=data, checkpoint=checkpoint)
 
 
 class Store(Protocol):
@@ -91,18 +97,19 @@ class Store(Protocol):
     path: Path
     label: str  # how log lines name the training
 
-    def restore(self, run: "PackRun", checkpoint: dict) -> int:
-        """Loads `checkpoint` into `run`; returns the last epoch it holds."""
-
     def save(self, run: "PackRun", epoch: int) -> None: ...
 
     def on_start(self, run: "PackRun") -> None: ...
 
     def on_epoch(self, run: "PackRun") -> None:
-        """After the members' files of an epoch."""
+        """After an epoch's training, before its checkpoint."""
+
+    def after_epoch(self, run: "PackRun") -> None:
+        """After the epoch's checkpoint and the members' summaries that name it."""
 
 
 def make_loaders(cfg: DictConfig, dataset, device: torch.device, *, pad_eval: bool = False):
+    check_data_fits(cfg, dataset.train_y.numel())
     common = dict(mean=dataset.mean, std=dataset.std, device=device, channels_last=cfg.trainer.channels_last)
     train = DeviceLoader(dataset.train_x, dataset.train_y, batch_size=cfg.trainer.batch_size, train=True,
                          seed=cfg.seed, **common)
@@ -151,6 +158,9 @@ class PackRun:
         self.step = TrainStep(self.pack, self.optimizer, [float(cfg.loss_multiplier) for cfg in cfgs], self.autocast)
         if self.compile is not None:
             self.step.compile(self.compile)
+        self.data = {"fingerprint": cached_fingerprint(lead, base_dir, dataset), "train_images": len(dataset.train_y),
+                     "test_images": len(dataset.test_y)}
+        self.checkpointing = bool(lead.trainer.checkpoint)
         self.throughput: list[dict] = []
         self.wall_before = 0.0
         self._start = time.perf_counter()
@@ -160,9 +170,34 @@ class PackRun:
 
     def write_summary(self, member: MemberRecord, status: str, error: str | None = None) -> dict:
         summary = member.summary(status, member.end_wall if member.end_wall is not None else self.wall(),
-                                 str(self.device), error)
+                                 str(self.device), error, self.data, self.checkpoint_of(member))
         run_files.write_json(member.spec.run_dir / "summary.json", summary)
         return summary
+
+    def checkpoint_of(self, member: MemberRecord) -> str | None:
+        """The checkpoint file holding the member after its last epoch, relative to its run folder."""
+        if member.checkpoint is None:
+            return None
+        return os.path.relpath(member.checkpoint, member.spec.run_dir)
+
+    def restore(self, states: list[MemberState]) -> int:
+        """Loads every member's state (all after the same epoch); returns that epoch."""
+        running = [int(s.scheduler["last_epoch"]) for s in states if s.status == "running"]
+        self.optimizer.set_steps(max(running, default=0))
+        for i, (member, state) in enumerate(zip(self.members, states)):
+            try:
+                self.pack.members[i].load_state_dict(state.model)
+            except (RuntimeError, KeyError) as exc:
+                raise run_files.CheckpointError(
+                    f"checkpoint {state.source} holds another model for {member.spec.run_name} "
+                    f"({type(exc).__name__}); move it away to restart that run") from None
+            self.optimizer.load_member_state_dict(i, state.optimizer, state.scheduler,
+                                                  active=state.status == "running", where=str(state.source))
+            member.history, member.status = list(state.history), state.status
+            member.diverged_epoch, member.end_wall = state.diverged_epoch, state.end_wall
+            member.checkpoint = state.source  # until this training saves its own
+        self.wall_before = max(s.wall_time_s for s in states)
+        return states[0].epoch
 
 
 def _keep_earlier_metrics(member: PackMember, store_path: Path) -> None:
@@ -177,21 +212,27 @@ def _keep_earlier_metrics(member: PackMember, store_path: Path) -> None:
                     earlier.name, extra={"pack_member": str(member.run_dir)})
 
 
-def train_members(members: list[PackMember], store: Store, checkpoint: dict | None, *, route: str = "auto",
-                  base_dir: str | None = None) -> None:
-    """Trains `members` (configs already checked, all sharing model, data, trainer and schedule) from `checkpoint`
-    (read by the caller before anything was written) or from scratch; every member's files say how it ended."""
-    if checkpoint is None:
+def train_members(members: list[PackMember], store: Store, states: list[MemberState] | None = None, *,
+                  route: str = "auto", base_dir: str | None = None, heartbeat=None) -> None:
+    """Trains `members` (configs already checked, all sharing model, data, trainer and schedule) from their
+    states (read by the caller before anything was written; all after the same epoch) or from scratch; every
+    member's files say how it ended. heartbeat(), if given, is called after every epoch (the run locks)."""
+    if states is None:
         for member in members:
             _keep_earlier_metrics(member, store.path)
-        # Equal optimizer settings side by side, so that they step as one (a checkpoint keeps its own order).
-        members = [members[i] for i in fusion_order([m.cfg for m in members])]
+    elif len({s.epoch for s in states}) != 1 or len(states) != len(members):
+        raise ValueError("a pack resumes only members that have all done the same number of epochs")
+    # Equal optimizer settings side by side, so that they step as one.
+    order = fusion_order([m.cfg for m in members])
+    members = [members[i] for i in order]
+    states = [states[i] for i in order] if states is not None else None
     run = PackRun(members, route=route, base_dir=base_dir)
     trained = run.members
     first_epoch = 1
-    if checkpoint is not None:
-        first_epoch = store.restore(run, checkpoint) + 1
-        log.info("%s: resuming after epoch %d from %s", store.label, first_epoch - 1, store.path)
+    if states is not None:
+        first_epoch = run.restore(states) + 1
+        sources = sorted({str(s.source) for s in states})
+        log.info("%s: resuming after epoch %d from %s", store.label, first_epoch - 1, ", ".join(sources))
     for member in trained:
         run_files.atomic_write_text(member.spec.run_dir / "config.yaml", OmegaConf.to_yaml(member.spec.cfg,
                                                                                           resolve=True))
@@ -235,11 +276,16 @@ def train_members(members: list[PackMember], store: Store, checkpoint: dict | No
                                        "model_images_per_s": images_per_s * sum(active)})
                 store.on_epoch(run)
                 # Nothing is left to resume once every member has stopped.
-                if lead.trainer.checkpoint and any(m.status == "running" for m in trained):
+                if run.checkpointing and any(m.status == "running" for m in trained):
                     store.save(run, epoch)
+                    for member in trained:
+                        member.checkpoint = store.path
                 for i, member in enumerate(trained):
                     if active[i]:
                         run.write_summary(member, member.status)
+                store.after_epoch(run)
+                if heartbeat is not None:
+                    heartbeat()
         except KeyboardInterrupt:
             for member in trained:
                 if member.status == "running":

@@ -34,9 +34,12 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from experiments import run_files, run_info
+from experiments.checkpoints import CheckpointCache, resume_state
 from experiments.config_checks import ConfigError, check_config
 from experiments.engine import PackMember, PackRun, member_state, train_members
 from experiments.packed_models import ROUTES
+from experiments.run_identity import RunMismatch, cached_fingerprint, check_same_run, worth_checking
+from experiments.run_lock import RunLock, RunLocked
 from experiments.run_record import is_done, one_line, record_failure
 
 log = logging.getLogger(__name__)
@@ -84,21 +87,6 @@ def pack_name(run_names: list[str]) -> str:
     return "pack-" + hashlib.sha1("\n".join(run_names).encode()).hexdigest()[:12]
 
 
-def _members_to_train(members: list[PackMember], summaries: list[dict | None], checkpoint: dict | None,
-                      ckpt_path: Path) -> list[int]:
-    if checkpoint is None:
-        return [k for k, summary in enumerate(summaries) if not is_done(summary)]
-    names = [m.run_name for m in members]
-    saved = list(checkpoint.get("members", []))
-    missing = [name for name in saved if name not in names]
-    left_out = [m.run_name for m, s in zip(members, summaries) if not is_done(s) and m.run_name not in saved]
-    if missing or left_out:
-        raise ValueError(f"pack checkpoint {ckpt_path} was written for another set of runs (it "
-                         f"{'holds ' + missing[0] if missing else 'lacks ' + left_out[0]}); move it away to restart "
-                         "this pack, or re-launch with the grid and pack_size it was written with")
-    return [names.index(name) for name in saved]
-
-
 def _check_shareable(cfgs: list[DictConfig], packed_init: str) -> None:
     keys = [pack_key(cfg, packed_init) for cfg in cfgs]
     if len(set(keys)) > 1:
@@ -114,22 +102,6 @@ class PackStore:
         self.path = pack_dir / "checkpoint.pt"
         self.label = f"pack {pack_dir.name}"
         self.packed_init = packed_init
-
-    def restore(self, run: PackRun, checkpoint: dict) -> int:
-        run.pack.load_state_dict(checkpoint["model"])
-        statuses = checkpoint["statuses"]
-        running = [int(s["last_epoch"]) for s, status in zip(checkpoint["schedulers"], statuses) if status == "running"]
-        run.optimizer.set_steps(max(running, default=0))
-        for i, member in enumerate(run.members):
-            run.optimizer.load_member_state_dict(i, checkpoint["optimizers"][i], checkpoint["schedulers"][i],
-                                                 active=statuses[i] == "running", where=str(self.path))
-            member.history = list(checkpoint["histories"][i])
-            member.status = statuses[i]
-            member.diverged_epoch = checkpoint["diverged_epochs"][i]
-            member.end_wall = checkpoint["end_walls"][i]
-        run.wall_before = checkpoint["wall_time_s"]
-        run.throughput = list(checkpoint["throughput"])
-        return int(checkpoint["epoch"])
 
     def save(self, run: PackRun, epoch: int) -> None:
         states = [member_state(run, i) for i in range(len(run.members))]
@@ -151,6 +123,9 @@ class PackStore:
                 "init_seeds": [int(c.seed) for c in cfgs], "device": str(run.device), "throughput": run.throughput}
 
     def on_start(self, run: PackRun) -> None:
+        if run.members[0].history:  # resumed: the epochs before keep their throughput records
+            earlier = (run_files.read_json(self.pack_dir / "pack.json") or {}).get("throughput", [])
+            run.throughput = [t for t in earlier if t.get("epoch", 0) <= len(run.members[0].history)]
         run_files.write_json(self.pack_dir / "pack.json", self._info(run))
         log.info("pack %s: training %d runs on %s (route=%s, packed_init=%s, compile=%s); members in %s",
                  self.pack_dir.name, len(run.members), run.device, run.route, self.packed_init, run.compile or False,
@@ -159,43 +134,98 @@ class PackStore:
     def on_epoch(self, run: PackRun) -> None:
         run_files.write_json(self.pack_dir / "pack.json", self._info(run))
 
+    def after_epoch(self, run: PackRun) -> None:
+        # A member resumed from its own single-run checkpoint is held by the pack's now (its summary says so):
+        # the old file would only mislead.
+        for member in run.members:
+            own = member.spec.run_dir / "checkpoint.pt"
+            if member.checkpoint == self.path and own.exists():
+                own.unlink()
+
 
 def train_pack(members: list[PackMember], pack_dir: str | Path, *, packed_init: str = "shared", route: str = "auto",
                base_dir: str | None = None) -> list[dict | None]:
-    """Trains the members that are not finished or diverged, resuming from the pack checkpoint.
+    """Trains the members that are not finished or diverged, each resuming where it stopped.
 
-    route: auto (vmap on CUDA for packs of 4 or more, loop otherwise), loop, streams, vmap or
-    grouped (experiments/packed_models.py).
-    Returns each member's summary (the one already on disk for members that were done, None
-    for a member whose config check failed: its summary records the failure).
+    A member resumes from whichever checkpoint holds it at the epoch its summary.json records: this pack's,
+    another pack's, or its own single-run checkpoint.pt (a sweep relaunched under another launcher);
+    members that have done different numbers of epochs train as separate packs, one after another.
+    route: auto (vmap on CUDA for packs of 4 or more, loop otherwise), loop, streams, vmap or grouped
+    (experiments/packed_models.py).
+    Returns each member's summary (the one already on disk for members that were done, None for a member
+    that could not train: a config error, which its summary records, or a run folder holding a run of other
+    settings, which is left as it is).
     """
     check_pack_options(packed_init, None, route)
     pack_dir = Path(pack_dir)
     summaries = [run_files.read_json(m.run_dir / "summary.json") for m in members]
-    for m, summary in zip(members, summaries):
+    candidates = []
+    for k, (m, summary) in enumerate(zip(members, summaries)):
+        extra = {"pack_member": str(m.run_dir)}
+        if worth_checking(summary):
+            try:
+                check_same_run(m.run_dir, summary, OmegaConf.to_container(m.cfg, resolve=True),
+                               lambda cfg=m.cfg: cached_fingerprint(cfg, base_dir))
+            except RunMismatch as exc:
+                log.error("%s failed: %s", m.run_name, one_line(exc), extra=extra)
+                summaries[k] = None
+                continue
         if is_done(summary):
             log.info("%s: already %s, skipping (delete %s to run it again)", m.run_name, summary["status"],
-                     m.run_dir, extra={"pack_member": str(m.run_dir)})
-    if all(is_done(summary) for summary in summaries):
+                     m.run_dir, extra=extra)
+        else:
+            candidates.append(k)
+    # Read before anything is written (a lock file too), so a damaged checkpoint never leads to training over good
+    # results; read again below, once this process holds the runs.
+    _resume_states(members, summaries, candidates, pack_dir, CheckpointCache())
+    locks = {}
+    for k in list(candidates):
+        lock = RunLock(members[k].run_dir)
+        try:
+            lock.acquire()
+        except RunLocked as exc:  # another launch of this sweep trains it: not a failure of this one
+            log.warning("%s: %s", members[k].run_name, exc, extra={"pack_member": str(members[k].run_dir)})
+            candidates.remove(k)
+            continue
+        locks[k] = lock
+    try:
+        return _train_candidates(members, summaries, candidates, locks, pack_dir, packed_init, route, base_dir)
+    finally:
+        for lock in locks.values():
+            lock.release()
+
+
+def _train_candidates(members, summaries, candidates, locks, pack_dir, packed_init, route, base_dir):
+    for k in list(candidates):  # it may have moved on while another process held it
+        summaries[k] = run_files.read_json(members[k].run_dir / "summary.json")
+        if is_done(summaries[k]):
+            candidates.remove(k)
+    if not candidates:
         return summaries
-    store = PackStore(pack_dir, packed_init)
-    # Read before anything is written, so a damaged checkpoint never leads to training over good results.
-    checkpoint = run_files.load_checkpoint(store.path) if store.path.exists() else None
-    indices = _members_to_train(members, summaries, checkpoint, store.path)
-    if checkpoint is None:
-        indices = [k for k in indices if _config_ok(members[k], summaries, k)]
-    else:
-        for k in indices:
-            check_config(members[k].cfg)
-    if not indices:
-        return summaries
-    trained = [members[k] for k in indices]
-    _check_shareable([m.cfg for m in trained], packed_init)
+    states = _resume_states(members, summaries, candidates, pack_dir, CheckpointCache())
+    ready = [k for k in candidates if _config_ok(members[k], summaries, k)]
+    by_epoch: dict[int, list[int]] = {}
+    for k in ready:
+        by_epoch.setdefault(states[k].epoch if states[k] else 0, []).append(k)
     run_info.git_commit()  # pin the commit before training starts, as train_run does
-    train_members(trained, store, checkpoint, route=route, base_dir=base_dir)
-    for k in indices:
+    for epoch, ks in sorted(by_epoch.items()):
+        group = [members[k] for k in ks]
+        _check_shareable([m.cfg for m in group], packed_init)
+        where = pack_dir if len(by_epoch) == 1 else pack_dir.parent / pack_name([m.run_name for m in group])
+        if len(by_epoch) > 1:
+            log.info("pack %s: %d of its runs have done %d epochs; they train as pack %s", pack_dir.name, len(group),
+                     epoch, where.name)
+        train_members(group, PackStore(where, packed_init), [states[k] for k in ks] if epoch else None, route=route,
+                      base_dir=base_dir, heartbeat=lambda: [lock.touch() for lock in locks.values()])
+    for k in ready:
         summaries[k] = run_files.read_json(members[k].run_dir / "summary.json")
     return summaries
+def _resume_states(members, summaries, candidates, pack_dir: Path, cache: CheckpointCache) -> dict:
+    """Each candidate's resume state (experiments/checkpoints.py): from the checkpoint its summary names, its own
+    single-run checkpoint, or this pack's."""
+    return {k: resume_state(members[k].run_dir, members[k].run_name, summaries[k],
+                            [members[k].run_dir / "checkpoint.pt", pack_dir / "checkpoint.pt"], cache)
+            for k in candidates}
 
 
 def _config_ok(member: PackMember, summaries: list, k: int) -> bool:

@@ -8,7 +8,7 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 _PACKAGES = ("torch", "torchvision", "hydra-core", "omegaconf", "wandb", "numpy", "pandas")
@@ -40,23 +40,25 @@ def git_commit() -> str | None:
     return head + ("-dirty" if dirty else "")
 
 
-def hparams(cfg: DictConfig) -> dict:
-    """The flat hyperparameters that collect.py turns into CSV columns."""
-    return {
-        "optimizer": cfg.optimizer.name,
-        "lr": cfg.optimizer.lr,
-        "weight_decay": cfg.optimizer.weight_decay,
-        "depth": cfg.model.depth,
-        "batch_norm": cfg.model.batch_norm,
-        "dataset": cfg.data.name,
-        "subset": cfg.data.get("subset"),
-        "test_subset": cfg.data.get("test_subset"),
-        "epochs": cfg.trainer.epochs,
-        "batch_size": cfg.trainer.batch_size,
-        "schedule": cfg.schedule.name,
-        "seed": cfg.seed,
-        "loss_multiplier": cfg.loss_multiplier,
-    }
+# The short CSV names of the most used hyperparameters (what figures group and label by); every other key
+# that changes a run's result is a column under its dotted config name (experiments/run_identity.py).
+SHORT_NAMES = {
+    "optimizer": "optimizer.name", "lr": "optimizer.lr", "weight_decay": "optimizer.weight_decay",
+    "depth": "model.depth", "batch_norm": "model.batch_norm", "dataset": "data.name", "subset": "data.subset",
+    "test_subset": "data.test_subset", "epochs": "trainer.epochs", "batch_size": "trainer.batch_size",
+    "schedule": "schedule.name", "seed": "seed", "loss_multiplier": "loss_multiplier",
+}
+
+
+def hparams(cfg: DictConfig | dict, data_fingerprint: str | None = None) -> dict:
+    """Everything that changes what the run computes, flat: SHORT_NAMES first, then the other keys, dotted."""
+    from experiments.run_identity import result_keys
+
+    container = cfg if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True)
+    identity = result_keys(container, data_fingerprint)
+    out = {short: identity.pop(dotted, None) for short, dotted in SHORT_NAMES.items()}
+    out.update(sorted(identity.items()))
+    return out
 
 
 def host() -> str:

@@ -49,7 +49,10 @@ def wandb_summary_fields(summary: dict) -> dict:
 
 
 def summarize(cfg: DictConfig, run_dir: Path, run_name: str, history: list[dict], status: str, *,
-              wall_time_s: float, device: str, error: str | None = None, diverged_epoch: int | None = None) -> dict:
+              wall_time_s: float, device: str, error: str | None = None, diverged_epoch: int | None = None,
+              data: dict | None = None, checkpoint: str | None = None) -> dict:
+    """summary.json. data: what the run read ({"fingerprint", "train_images", "test_images"}); checkpoint: the
+    file that holds the run's state after its last completed epoch (its own, or its pack's)."""
     finite = [r for r in history if is_finite(r)]
     last = finite[-1] if finite else None
     best = max(finite, key=lambda r: r["test_acc"]) if finite else None
@@ -59,12 +62,14 @@ def summarize(cfg: DictConfig, run_dir: Path, run_name: str, history: list[dict]
         "run_name": run_name,
         "sweep_id": str(cfg.sweep_id),
         "experiment": str(cfg.name),
-        "hparams": run_info.hparams(cfg),
+        "hparams": run_info.hparams(cfg, (data or {}).get("fingerprint")),
         "config": OmegaConf.to_container(cfg, resolve=True),
         "final": {k: (last[k] if last else None) for k in ("test_acc", "test_loss", "train_acc", "train_loss",
                                                             "model_norm")},
         "best": {"test_acc": best["test_acc"] if best else None, "epoch": best["epoch"] if best else None},
         "epochs_completed": len(history),
+        "data": data,
+        "checkpoint": checkpoint,
         "diverged_epoch": diverged_epoch,
         "error": error,
         "wall_time_s": wall_time_s,

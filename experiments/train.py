@@ -11,6 +11,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from experiments.run_identity import RunMismatch
+from experiments.run_lock import RunLocked
 from experiments.run_record import one_line, record_failure
 from experiments.trainer import train_run
 
@@ -44,10 +46,21 @@ def main(cfg: DictConfig) -> float | None:
         summary = train_run(cfg, run_dir, run_name, base_dir=hc.runtime.cwd)
     except KeyboardInterrupt:
         raise
+    except RunLocked as exc:  # another launch of the same run: leave it to that one
+        if multirun:
+            log.warning("%s: %s", run_name, exc)
+            return None
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
     except Exception as exc:  # one failing run must never take down a sweep
         message = one_line(exc)
         log.debug("traceback:\n%s", traceback.format_exc())
-        record_failure(cfg, run_dir, run_name, message)
+        # A folder holding a run of other settings is left exactly as it is.
+        if not isinstance(exc, RunMismatch):
+            try:
+                record_failure(cfg, run_dir, run_name, message)
+            except OSError as write_error:  # e.g. an unwritable run folder: say so, in the same one line
+                message += f" (and {run_dir / 'summary.json'} cannot be written: {write_error.strerror or write_error})"
         if multirun:
             log.error("%s failed: %s", run_name, message)
             return None

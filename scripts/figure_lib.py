@@ -6,18 +6,21 @@ Input is the results DataFrame written by scripts/collect.py (one row per run).
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-DISPLAY_NAMES = {
-    "adam": "Adam", "adaml2": "AdamL2", "adamw": "AdamW", "decoupled_adamw": "DecoupledAdamW",
-    "proxadam": "ProxAdam", "adamp": "AdamP", "sgd": "SGD", "sgdw": "SGDW",
-}
-# Optimizers whose weight decay is not multiplied by lr (lambda_paper = lr * lambda_torch).
-PAPER_CONVENTION = frozenset({"decoupled_adamw", "proxadam", "sgdw"})
-WD_CONVENTIONS = ("native", "torch", "paper")
+_REPO = str(Path(__file__).resolve().parents[1])
+if _REPO not in sys.path:  # run in place, installed or not
+    sys.path.insert(0, _REPO)
+from optimizers import OPTIMIZERS  # noqa: E402  (each optimizer's display name and convention live on its class)
+from optimizers.convert import CONVENTIONS  # noqa: E402
+from optimizers.convert import convert_weight_decay as _convert  # noqa: E402
+
+WD_CONVENTIONS = ("native",) + CONVENTIONS
 DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "synthetic": "synthetic data"}
 # Columns besides the optimizer that make two runs different methods when they vary in one CSV.
 SETTING_COLUMNS = ["batch_norm", "loss_multiplier", "depth", "dataset", "subset", "epochs",
@@ -29,26 +32,35 @@ METRIC_CHOICES = ("test_acc", "train_acc", "test_loss", "train_loss", "model_nor
 
 # ---------------------------------------------------------------- names and conventions
 
+class UnknownOptimizer(ValueError):
+    """A results CSV names an optimizer this repo does not have."""
+
+
+def _optimizer_class(optimizer: str):
+    try:
+        return OPTIMIZERS[optimizer]
+    except KeyError:
+        raise UnknownOptimizer(f"unknown optimizer {optimizer!r} in the results; this repo has "
+                               f"{', '.join(OPTIMIZERS)} (optimizers.OPTIMIZERS)") from None
+
+
 def display_name(optimizer: str) -> str:
-    return DISPLAY_NAMES.get(optimizer, str(optimizer))
+    return _optimizer_class(optimizer).display_name
 
 
 def native_convention(optimizer: str) -> str:
-    """'paper' when the optimizer's weight decay is independent of lr, else 'torch'."""
-    return "paper" if optimizer in PAPER_CONVENTION else "torch"
+    """The optimizer class's weight-decay convention: 'paper' (independent of lr) or 'torch' (scaled by lr;
+    also for Adam, which has no weight decay to convert)."""
+    return _optimizer_class(optimizer).weight_decay_convention or "torch"
 
 
 def convert_weight_decay(wd, lr, optimizer: str, to: str):
-    """Weight decay of `optimizer` (in its native convention) expressed in convention `to`.
-
-    lambda_paper = lr * lambda_torch; works elementwise on numpy arrays and pandas Series.
-    """
+    """Weight decay of `optimizer` (in its native convention) expressed in convention `to` (native, torch, paper);
+    elementwise on numpy arrays and pandas Series (optimizers.convert_weight_decay)."""
     if to not in WD_CONVENTIONS:
         raise ValueError(f"unknown weight-decay convention {to!r}; use one of {', '.join(WD_CONVENTIONS)}")
     source = native_convention(optimizer)
-    if to in ("native", source):
-        return wd
-    return wd * lr if source == "torch" else wd / lr
+    return wd if to == "native" else _convert(wd, lr, source, to)
 
 
 def format_hparam(value: float) -> str:
@@ -101,10 +113,10 @@ def _matches(series: pd.Series, value) -> pd.Series:
 
 
 def split_methods(df: pd.DataFrame, exclude: tuple[str, ...] = ()) -> list[tuple[dict, pd.DataFrame]]:
-    """[(method key, its runs)], optimizers in DISPLAY_NAMES order, then by the varying settings."""
+    """[(method key, its runs)], optimizers in optimizers.OPTIMIZERS order, then by the varying settings."""
     columns = method_columns(df, exclude)
     keys = df[columns].drop_duplicates().copy()
-    order = {name: i for i, name in enumerate(DISPLAY_NAMES)}
+    order = {name: i for i, name in enumerate(OPTIMIZERS)}
     keys["_rank"] = keys["optimizer"].map(lambda o: order.get(o, len(order)))
     keys = keys.sort_values(["_rank"] + columns[1:], na_position="last").drop(columns="_rank")
     methods = []

@@ -448,7 +448,12 @@ def test_a_failing_pack_marks_its_runs_failed_and_the_other_packs_go_on(tmp_path
     for summary in sweep.glob("*/summary.json"):
         summary.unlink()  # so that the re-launch has to run every pack again
 
-    run_cli(grid, env=env)
+    proc = run_cli(grid, env=env, check=False)
+    # Every pack ran; the sweep still says, in its exit code and on stderr, which runs failed and why.
+    assert proc.returncode == 1
+    errors = proc.stderr.strip().splitlines()
+    assert errors[-1].startswith("error: 2 of 4 runs of this sweep failed")
+    assert sum("CheckpointError" in line and "corrupt" in line for line in errors) == 2
     for pack_dir, members in packs.items():
         for name in members:
             s = json.loads((sweep / name / "summary.json").read_text())

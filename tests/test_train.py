@@ -157,6 +157,11 @@ def test_corrupt_checkpoint_is_an_error_not_a_silent_restart(tmp_path):
     ("trainer.batch_size=0", "trainer.batch_size"),
     ("trainer.keep_freed_memory=3", "trainer.keep_freed_memory"),
     ("model.batch_norm=maybe", "model.batch_norm"),
+    ("trainer.epochs=true", "trainer.epochs"),  # YAML's true is no integer, although Python's bool is
+    ("optimizer.lr=abc", "optimizer.lr"),
+    ("optimizer.lr=true", "optimizer.lr"),
+    ("model.depth=21", "model.depth"),
+    ("trainer.compile=yes", "trainer.compile"),
 ])
 def test_bad_numbers_fail_before_training_with_one_line(tmp_path, override, key):
     run_dir = tmp_path / "run"
@@ -167,6 +172,31 @@ def test_bad_numbers_fail_before_training_with_one_line(tmp_path, override, key)
     # Said once on the console, and kept in the run's log file.
     assert (proc.stdout + proc.stderr).count(f"{key} must be") == 1
     assert f"ConfigError: {key} must be" in (run_dir / "train.log").read_text()
+
+
+def test_a_non_number_says_it_must_be_a_number(tmp_path):
+    proc = run_cli([*TINY, "optimizer.lr=abc", f"hydra.run.dir={tmp_path / 'run'}"], check=False)
+    assert proc.stderr.strip().splitlines()[-1] == ("error: ConfigError: optimizer.lr must be a number > 0 (got 'abc'); "
+                                                    "e.g. optimizer.lr=1e-3")
+
+
+@pytest.mark.parametrize("overrides, line", [
+    (["schedule=cosine", "schedule.warmup_epochs=3", "trainer.epochs=2"],
+     "error: ConfigError: schedule.warmup_epochs=3 is not shorter than trainer.epochs=2, so the schedule would never "
+     "leave its warmup; use fewer warmup epochs or more epochs"),
+    (["trainer.batch_size=100000"],
+     "error: ConfigError: trainer.batch_size=100000 is larger than the 256 training images, so an epoch would have no "
+     "batch; use trainer.batch_size <= 256, or more images (data.subset)"),
+    (["data.subset=5"],
+     "error: ValueError: data.subset=5 is smaller than the 10 classes, so some class would have no image; use "
+     "data.subset >= 10"),
+], ids=["warmup_longer_than_the_run", "batch_larger_than_the_data", "subset_smaller_than_the_classes"])
+def test_settings_that_cannot_train_name_the_real_remedy(tmp_path, overrides, line):
+    run_dir = tmp_path / "run"
+    proc = run_cli([*TINY, *overrides, f"hydra.run.dir={run_dir}"], check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == line
+    assert not (run_dir / "metrics.csv").exists()
 
 
 def test_missing_data_root_is_one_clear_line(tmp_path):

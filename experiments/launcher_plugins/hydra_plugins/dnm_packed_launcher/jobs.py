@@ -119,7 +119,8 @@ def _final_test_acc(summary: dict | None):
     return None
 
 
-def _run_pack(launcher, jobs: list[_Job], pack_dir: Path) -> None:
+def _run_pack(launcher, jobs: list[_Job], pack_dir: Path) -> list[str]:
+    """Trains one pack; returns a line per run that could not train (failed, or refused)."""
     from experiments import run_files
     from experiments.packed import train_pack
     from experiments.run_record import one_line, record_failure
@@ -143,11 +144,16 @@ def _run_pack(launcher, jobs: list[_Job], pack_dir: Path) -> None:
             for m in members:
                 record_failure(m.cfg, m.run_dir, m.run_name, message)
             summaries = [run_files.read_json(m.run_dir / "summary.json") for m in members]
+        failures = []
         for job, summary in zip(jobs, summaries):
             job.ret.status = JobStatus.COMPLETED
             job.ret.return_value = _final_test_acc(summary)
             HydraConfig.instance().set_config(job.config)
             callbacks.on_job_end(config=job.config, job_return=job.ret)
+            if summary is None or summary.get("status") == "failed":
+                error = (summary or {}).get("error") or "see its log"
+                failures.append(f"{job.member.run_name}: {error}")
+    return failures
 
 
 def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
@@ -178,10 +184,18 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
     ready = [job for job in jobs if job.error is None]
     keys = [pack_key(job.member.cfg, launcher.packed_init) for job in ready]
     packs = group_into_packs(keys, launcher.pack_size)
+    failures = [f"{job.member.run_name}: {job.error}" for job in jobs if job.error is not None]
     for number, indices in enumerate(packs, start=1):
         pack_jobs = [ready[i] for i in indices]
         pack_dir = sweep_dir / ".packs" / pack_name([job.member.run_name for job in pack_jobs])
         log.info("Pack %d/%d (%s): %d runs", number, len(packs), pack_dir.name, len(pack_jobs))
-        _run_pack(launcher, pack_jobs, pack_dir)
+        failures += _run_pack(launcher, pack_jobs, pack_dir)
         configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
+    if failures:
+        # Every pack has run; the sweep still says, on stderr and in its exit code, that runs are missing.
+        for line in failures:
+            print(f"error: {line}", file=sys.stderr)
+        print(f"error: {len(failures)} of {len(jobs)} runs of this sweep failed (each run's summary.json and log "
+              "say why); fix the cause and run the same command again: finished runs are skipped", file=sys.stderr)
+        sys.exit(1)
     return [job.ret for job in jobs]
