@@ -152,9 +152,9 @@ def train_pack(members: list[PackMember], pack_dir: str | Path, *, packed_init: 
     members that have done different numbers of epochs train as separate packs, one after another.
     route: auto (vmap on CUDA for packs of 4 or more, loop otherwise), loop, streams, vmap or grouped
     (experiments/packed_models.py).
-    Returns each member's summary (the one already on disk for members that were done, None for a member
-    that could not train: a config error, which its summary records, or a run folder holding a run of other
-    settings, which is left as it is).
+    Returns each member's summary: the one already on disk for members that were done; None for a member
+    whose config check failed (its summary records the failure); {"status": "refused", "error": ...} for a
+    run folder that holds a run of other settings, which is left as it is.
     """
     check_pack_options(packed_init, None, route)
     pack_dir = Path(pack_dir)
@@ -168,7 +168,7 @@ def train_pack(members: list[PackMember], pack_dir: str | Path, *, packed_init: 
                                lambda cfg=m.cfg: cached_fingerprint(cfg, base_dir))
             except RunMismatch as exc:
                 log.error("%s failed: %s", m.run_name, one_line(exc), extra=extra)
-                summaries[k] = None
+                summaries[k] = {"status": "refused", "error": one_line(exc)}  # its folder stays as it is
                 continue
         if is_done(summary):
             log.info("%s: already %s, skipping (delete %s to run it again)", m.run_name, summary["status"],

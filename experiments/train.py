@@ -11,6 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from experiments import sweep_report
 from experiments.run_identity import RunMismatch
 from experiments.run_lock import RunLocked
 from experiments.run_record import one_line, record_failure
@@ -46,7 +47,7 @@ def main(cfg: DictConfig) -> float | None:
         summary = train_run(cfg, run_dir, run_name, base_dir=hc.runtime.cwd)
     except KeyboardInterrupt:
         raise
-    except RunLocked as exc:  # another launch of the same run: leave it to that one
+    except RunLocked as exc:  # another launch of the same run: leave it to that one, no failure of this launch
         if multirun:
             log.warning("%s: %s", run_name, exc)
             return None
@@ -63,6 +64,7 @@ def main(cfg: DictConfig) -> float | None:
                 message += f" (and {run_dir / 'summary.json'} cannot be written: {write_error.strerror or write_error})"
         if multirun:
             log.error("%s failed: %s", run_name, message)
+            sweep_report.FAILED.append((run_name, message))
             return None
         # A single run says it once, on stderr; the run's own log file keeps it too.
         _log_to_files(logging.ERROR, "%s failed: %s", run_name, message)

@@ -150,7 +150,7 @@ def _run_pack(launcher, jobs: list[_Job], pack_dir: Path) -> list[str]:
             job.ret.return_value = _final_test_acc(summary)
             HydraConfig.instance().set_config(job.config)
             callbacks.on_job_end(config=job.config, job_return=job.ret)
-            if summary is None or summary.get("status") == "failed":
+            if summary is None or summary.get("status") in ("failed", "refused"):
                 error = (summary or {}).get("error") or "see its log"
                 failures.append(f"{job.member.run_name}: {error}")
     return failures
