@@ -42,10 +42,17 @@ def log_epoch(run_name: str, epochs: int, row: dict, **log_kwargs) -> None:
              row["model_norm"], row["images_per_s"], **log_kwargs)
 
 
+# summary.json's fields that a W&B run's summary repeats, so that collect.py reads a run from W&B as from its folder.
+WANDB_SUMMARY_KEYS = ("status", "run_name", "sweep_id", "experiment", "hparams", "epochs_completed", "diverged_epoch",
+                      "wall_time_s", "git_commit", "error", "data")
+
+
 def wandb_summary_fields(summary: dict) -> dict:
-    """What a finished run adds to its W&B run's summary."""
-    return {"status": summary.get("status"), **{f"final/{k}": v for k, v in summary.get("final", {}).items()},
-            "best/test_acc": summary.get("best", {}).get("test_acc")}
+    """What a run adds to its W&B run's summary when it ends: summary.json's fields, metrics flat for the W&B UI."""
+    fields = {key: summary.get(key) for key in WANDB_SUMMARY_KEYS}
+    fields.update({f"final/{k}": v for k, v in (summary.get("final") or {}).items()})
+    fields.update({f"best/{k}": v for k, v in (summary.get("best") or {}).items()})
+    return fields
 
 
 def summarize(cfg: DictConfig, run_dir: Path, run_name: str, history: list[dict], status: str, *,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from experiments import run_info
 from experiments.run_record import one_line
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,8 @@ def start_wandb(cfg: DictConfig, run_dir: Path, run_name: str):
     log.info("W&B run %s (%s mode) in %s", run_id, mode, run_dir / "wandb")
     settings = dict(project=cfg.logger.project, entity=cfg.logger.entity, dir=str(run_dir), id=run_id,
                     resume="allow", group=str(cfg.sweep_id), name=run_name, tags=[str(cfg.name)],
-                    config=OmegaConf.to_container(cfg, resolve=True), reinit="finish_previous")
+                    config={**OmegaConf.to_container(cfg, resolve=True), "hparams": run_info.hparams(cfg)},
+                    reinit="finish_previous")
     try:
         return wandb.init(mode=mode, **settings)
     except Exception as exc:  # noqa: BLE001 - no network, a bad key, a server down: the training must go on

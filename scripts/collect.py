@@ -22,10 +22,13 @@ import pandas as pd
 _REPO = str(Path(__file__).resolve().parents[1])
 if _REPO not in sys.path:  # run in place as `python scripts/collect.py`, installed or not
     sys.path.insert(0, _REPO)
-from experiments import run_files  # noqa: E402
+import yaml  # noqa: E402
+
+from experiments import run_files, run_info  # noqa: E402
+from experiments.run_identity import config_id  # noqa: E402
 
 HPARAM_COLUMNS = [
-    "optimizer", "lr", "weight_decay", "depth", "batch_norm", "dataset", "subset",
+    "optimizer", "lr", "weight_decay", "depth", "batch_norm", "dataset", "subset", "test_subset",
     "epochs", "batch_size", "schedule", "seed", "loss_multiplier",
 ]
 FINAL_METRICS = ["test_acc", "test_loss", "train_acc", "train_loss", "model_norm"]
@@ -34,8 +37,12 @@ RESULT_COLUMNS = (
     + HPARAM_COLUMNS
     + [f"final_{m}" for m in FINAL_METRICS]
     + ["best_test_acc", "best_epoch", "epochs_completed", "diverged_epoch", "wall_time_s",
-       "git_commit", "error"]
+       "git_commit", "error", "curves", "config_id"]
 )
+# A run folder collect could not read: its row says so (with the hyperparameters its config.yaml gives,
+# when it has one), so that figures mark its cell instead of drawing it as "no run".
+UNREADABLE = "unreadable"
+CURVE_COLUMNS = ("epoch", "test_acc", "train_loss")
 # run_dir comes first because run names repeat across sweeps; it is the key that joins both CSVs.
 CURVE_ID_COLUMNS = ["run_dir", "run_name", "optimizer", "lr", "weight_decay", "seed",
                     "loss_multiplier", "batch_norm"]
@@ -66,6 +73,18 @@ def curves_path_for(results_csv: str | os.PathLike) -> Path:
 
 
 # ---------------------------------------------------------------- finding run folders
+
+def empty_run_dirs(roots: Iterable[str | os.PathLike], found: list[Path]) -> list[Path]:
+    """Folders right under a sweep folder that hold no run at all (a job that never started writing)."""
+    found_set = {p.resolve() for p in found}
+    empty = []
+    for root in roots:
+        for child in sorted(Path(root).iterdir()):
+            if child.is_dir() and not child.name.startswith(".") and not any(
+                    f == child.resolve() or child.resolve() in f.parents for f in found_set):
+                empty.append(child)
+    return empty
+
 
 def find_run_dirs(roots: Iterable[str | os.PathLike]) -> list[Path]:
     """Folders under roots that hold summary.json, metrics.csv, config.yaml or .hydra/config.yaml.
@@ -117,6 +136,11 @@ def row_from_summary(summary: dict, run_dir: str) -> dict:
         raise SkippedRun(f"summary.json lacks {', '.join(missing)}")
     final = summary.get("final") or {}
     best = summary.get("best") or {}
+    config = summary.get("config")
+    if isinstance(config, dict) and isinstance(config.get("optimizer"), dict):
+        # Derived from the resolved config too, so that every key that changes a run's result is a column, also
+        # for runs whose summary predates some of them.
+        hparams = {**run_info.hparams(config, (summary.get("data") or {}).get("fingerprint")), **hparams}
     row: dict[str, Any] = {
         "run_dir": run_dir,
         "run_name": summary.get("run_name") or Path(run_dir).name,
@@ -139,7 +163,35 @@ def row_from_summary(summary: dict, run_dir: str) -> dict:
     )
     # Hyperparameters beyond the standard ones still get a column rather than being dropped.
     for key in sorted(set(hparams) - set(HPARAM_COLUMNS)):
-        row[key] = hparams[key]
+        row[key] = _cell(hparams[key])
+    row["config_id"] = config_id(hparams)
+    return row
+
+
+def _cell(value: Any) -> Any:
+    """A CSV cell: lists (e.g. betas) as their JSON text, so that they compare as one value."""
+    return json.dumps(value) if isinstance(value, (list, dict)) else _number(value)
+
+
+def unreadable_row(run_dir: Path, reason: str) -> dict:
+    """The row of a run folder that could not be read: status "unreadable", its reason, and what its resolved
+    config.yaml says about the run (nothing when there is none)."""
+    row: dict[str, Any] = {"run_dir": display_path(run_dir), "run_name": run_dir.name, "status": UNREADABLE,
+                           "error": reason}
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        config = None
+    if isinstance(config, dict):
+        try:
+            hparams = run_info.hparams(config)
+        except Exception:  # noqa: BLE001 - a damaged config: the row keeps what it knows
+            hparams = {}
+        for key, value in hparams.items():
+            row[key] = _cell(value)
+        row["sweep_id"], row["experiment"] = config.get("sweep_id"), config.get("name")
+        if hparams:
+            row["config_id"] = config_id(hparams)
     return row
 
 
@@ -166,6 +218,9 @@ def read_curves(run_dir: Path, row: dict) -> pd.DataFrame | None:
         metrics = pd.read_csv(metrics_file)
     except (OSError, ValueError) as e:
         raise SkippedRun(f"metrics.csv is unreadable ({type(e).__name__})") from None
+    missing = [c for c in CURVE_COLUMNS if c not in metrics.columns]
+    if missing:
+        raise SkippedRun(f"metrics.csv lacks {', '.join(missing)}")
     # metrics.csv has its own per-epoch "lr" (the scheduled lr); keep it apart from the swept lr.
     metrics = metrics.rename(columns={c: f"epoch_{c}" for c in metrics.columns if c in CURVE_ID_COLUMNS})
     ids = pd.DataFrame({c: [row.get(c)] * len(metrics) for c in CURVE_ID_COLUMNS}, index=metrics.index)
@@ -184,21 +239,28 @@ def collect_runs(sweep_dirs: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame,
     """
     sweep_dirs = list(sweep_dirs)
     rows, curves = [], []
-    for run_dir in find_run_dirs(sweep_dirs):
+    found = find_run_dirs(sweep_dirs)
+    for run_dir in found:
         try:
             row = read_run(run_dir)
         except SkippedRun as e:
-            _warn(f"collect: skipping {display_path(run_dir)}: {e}")
+            _warn(f"collect: cannot read {display_path(run_dir)}: {e}; marked {UNREADABLE}")
+            rows.append(unreadable_row(run_dir, str(e)))
             continue
         rows.append(row)
         try:
             run_curves = read_curves(run_dir, row)
         except SkippedRun as e:
             _warn(f"collect: no curves for {row['run_dir']}: {e}")
+            row["curves"] = str(e)
             continue
-        if run_curves is not None and len(run_curves):
+        row["curves"] = "ok" if run_curves is not None and len(run_curves) else "no metrics.csv"
+        if row["curves"] == "ok":
             curves.append(run_curves)
-    if not rows:
+    for run_dir in empty_run_dirs(sweep_dirs, found):
+        _warn(f"collect: {display_path(run_dir)} is an empty run folder; marked {UNREADABLE}")
+        rows.append(unreadable_row(run_dir, "empty run folder"))
+    if not any(r["status"] != UNREADABLE for r in rows):
         where = ", ".join(str(d) for d in sweep_dirs)
         raise NoRunsFound(f"no run with a usable summary.json under {where}; check the sweep directory")
     return results_frame(rows), curves_frame(curves)
@@ -229,37 +291,47 @@ WANDB_STATES = {"crashed": "failed", "killed": "failed"}
 
 
 def _wandb_summary(run: Any) -> dict:
-    """A W&B run as a summary.json-shaped dict.
-
-    The trainer logs summary.json's fields into the W&B summary; older runs only have the
-    resolved config, from which the hyperparameters are read.
-    """
+    """A W&B run as a summary.json-shaped dict: the trainer logs summary.json's fields into the run's summary
+    when it ends (experiments/run_record.py), and its hyperparameters into the config when it starts."""
     summary = dict(run.summary_metrics)
     config = dict(run.config)
-    hparams = summary.get("hparams") or config.get("hparams") or {}
+    hparams = summary.get("hparams") or config.get("hparams")
     if not hparams:
-        opt = config.get("optimizer") or {}
-        model = config.get("model") or {}
-        data = config.get("data") or {}
-        hparams = {
-            "optimizer": opt.get("name"), "lr": opt.get("lr"), "weight_decay": opt.get("weight_decay"),
-            "depth": model.get("depth"), "batch_norm": model.get("batch_norm"),
-            "dataset": data.get("name"), "subset": data.get("subset"),
-            "epochs": (config.get("trainer") or {}).get("epochs"),
-            "batch_size": data.get("batch_size"), "schedule": (config.get("schedule") or {}).get("name"),
-            "seed": config.get("seed"), "loss_multiplier": config.get("loss_multiplier"),
-        }
-    final = summary.get("final") or {m: summary.get(f"final/{m}", summary.get(m)) for m in FINAL_METRICS}
+        raise SkippedRun("the W&B run logged no hparams (a run logged before this repo recorded them); collect it "
+                         "from its run folder instead")
+    final = summary.get("final") or {m: summary.get(f"final/{m}") for m in FINAL_METRICS}
+    best = summary.get("best") or {"test_acc": summary.get("best/test_acc"), "epoch": summary.get("best/epoch")}
     return {
         "status": summary.get("status") or WANDB_STATES.get(run.state, run.state),
         "run_name": summary.get("run_name") or run.name,
         "sweep_id": summary.get("sweep_id") or run.group,
         "experiment": summary.get("experiment") or config.get("name"),
-        "hparams": hparams, "final": final, "best": summary.get("best") or {},
+        "hparams": hparams, "final": final, "best": best, "data": summary.get("data"),
         "epochs_completed": summary.get("epochs_completed"), "diverged_epoch": summary.get("diverged_epoch"),
         "wall_time_s": summary.get("wall_time_s", summary.get("_runtime")),
         "git_commit": summary.get("git_commit"), "error": summary.get("error"),
     }
+
+
+def rows_from_wandb_runs(runs: Iterable[Any], source: str) -> tuple[list[dict], list[pd.DataFrame]]:
+    """Results rows and curves of W&B runs (API runs, or OfflineRun read from .wandb files)."""
+    rows, curves = [], []
+    for run in runs:
+        try:
+            row = row_from_summary(_wandb_summary(run), f"{source}/{run.id}")
+        except SkippedRun as e:
+            _warn(f"collect: skipping W&B run {run.id}: {e}")
+            continue
+        history = run.history(pandas=True)
+        if len(history) and "epoch" in history:
+            history = history.dropna(subset=["epoch"]).drop(columns=[c for c in history if c.startswith("_")])
+            history = history.rename(columns={c: f"epoch_{c}" for c in history if c in CURVE_ID_COLUMNS})
+            for c in reversed(CURVE_ID_COLUMNS):
+                history.insert(0, c, row.get(c))
+            curves.append(history.reset_index(drop=True))
+        row["curves"] = "ok" if len(history) else "no history"
+        rows.append(row)
+    return rows, curves
 
 
 def collect_wandb(project: str, sweep_ids: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -272,23 +344,98 @@ def collect_wandb(project: str, sweep_ids: list[str]) -> tuple[pd.DataFrame, pd.
         first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise NoRunsFound(f"cannot read W&B project {project} ({type(e).__name__}: {first_line}); "
                           "check the network, `wandb login` and the project name") from None
-    rows, curves = [], []
-    for run in runs:
-        try:
-            row = row_from_summary(_wandb_summary(run), f"wandb:{project}/{run.id}")
-        except SkippedRun as e:
-            _warn(f"collect: skipping W&B run {run.id}: {e}")
-            continue
-        rows.append(row)
-        history = run.history(pandas=True)
-        if len(history) and "epoch" in history:
-            history = history.dropna(subset=["epoch"]).drop(columns=[c for c in history if c.startswith("_")])
-            history = history.rename(columns={c: f"epoch_{c}" for c in history if c in CURVE_ID_COLUMNS})
-            for c in reversed(CURVE_ID_COLUMNS):
-                history.insert(0, c, row.get(c))
-            curves.append(history.reset_index(drop=True))
+    rows, curves = rows_from_wandb_runs(runs, f"wandb:{project}")
     if not rows:
         raise NoRunsFound(f"no W&B run in {project} with group in {sweep_ids}")
+    return results_frame(rows), curves_frame(curves)
+
+
+# A .wandb file is W&B's transaction log: a 7-byte header (":W&B", magic, version), then LevelDB-log records
+# (blocks of 32 KiB; each record a crc32, a length and a type: full, first, middle, last) of protobuf Records.
+_WANDB_IDENT, _WANDB_BLOCK, _WANDB_HEADER = b":W&B", 32768, 7
+
+
+def wandb_file_records(path: str | os.PathLike) -> list:
+    """The protobuf Records of one run's .wandb file, in order; a damaged file is a SkippedRun."""
+    import struct
+    import zlib
+
+    from wandb.proto import wandb_internal_pb2
+
+    data = Path(path).read_bytes()
+    if data[:4] != _WANDB_IDENT:
+        raise SkippedRun(f"{path} is not a W&B run file")
+    records, pending, pos = [], b"", _WANDB_HEADER
+    while pos + _WANDB_HEADER <= len(data):
+        left = _WANDB_BLOCK - pos % _WANDB_BLOCK
+        if left < _WANDB_HEADER:  # a block's tail too short for a header is padding
+            pos += left
+            continue
+        checksum, length, kind = struct.unpack("<IHB", data[pos:pos + _WANDB_HEADER])
+        chunk = data[pos + _WANDB_HEADER:pos + _WANDB_HEADER + length]
+        pos += _WANDB_HEADER + length
+        if kind == 0 and length == 0:
+            continue
+        if zlib.crc32(bytes([kind]) + chunk) & 0xFFFFFFFF != checksum:
+            raise SkippedRun(f"{path} is damaged (a record's checksum fails)")
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+    return records
+
+
+def _json_items(items) -> dict:
+    out = {}
+    for item in items:
+        key = item.key or ".".join(item.nested_key)
+        out[key] = json.loads(item.value_json)
+    return out
+
+
+class OfflineRun:
+    """A W&B run read from its .wandb file, with the attributes of an API run that collect reads."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.config, self.summary_metrics, self._history = {}, {}, []
+        self.state, self.id, self.name, self.group = "running", Path(path).stem.removeprefix("run-"), None, None
+        for record in wandb_file_records(path):
+            kind = record.WhichOneof("record_type")
+            if kind == "run":
+                self.id, self.name, self.group = record.run.run_id, record.run.display_name, record.run.run_group
+                self.config.update(_json_items(record.run.config.update))
+            elif kind == "config":
+                self.config.update(_json_items(record.config.update))
+            elif kind == "summary":
+                self.summary_metrics.update(_json_items(record.summary.update))
+            elif kind == "history":
+                self._history.append(_json_items(record.history.item))
+            elif kind == "exit":
+                self.state = "finished" if record.exit.exit_code == 0 else "failed"
+
+    def history(self, pandas: bool = True) -> pd.DataFrame:
+        return pd.DataFrame(self._history)
+
+
+def collect_wandb_files(sweep_dirs: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(results, curves) from the W&B run files in the run folders (offline runs, or online ones not synced)."""
+    files = []
+    for run_dir in find_run_dirs(sweep_dirs):
+        found = sorted((run_dir / "wandb").glob("*run-*/run-*.wandb"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            _warn(f"collect: {display_path(run_dir)} has no W&B run file; marked {UNREADABLE}")
+            continue
+        files.append(found[-1])  # a resumed run appends to its latest file
+    runs = []
+    for path in files:
+        try:
+            runs.append(OfflineRun(path))
+        except SkippedRun as e:
+            _warn(f"collect: skipping {path}: {e}")
+    rows, curves = rows_from_wandb_runs(runs, "wandb-file")
+    if not rows:
+        raise NoRunsFound(f"no readable W&B run file under {', '.join(map(str, sweep_dirs))}")
     return results_frame(rows), curves_frame(curves)
 
 
@@ -301,6 +448,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("-o", "--output", required=True, help="results CSV to write, e.g. results/NAME.csv")
     parser.add_argument("--wandb-project", metavar="ENTITY/PROJECT",
                         help="read the runs from W&B instead of the local folders")
+    parser.add_argument("--from-wandb-files", action="store_true",
+                        help="read each run from the W&B run file in its folder (wandb/*run-*/run-*.wandb) instead "
+                             "of its summary.json and metrics.csv: what W&B recorded, without syncing")
     return parser.parse_args(argv)
 
 
@@ -309,6 +459,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.wandb_project:
             results, curves = collect_wandb(args.wandb_project, [Path(d).name for d in args.sweep_dirs])
+        elif args.from_wandb_files:
+            results, curves = collect_wandb_files(args.sweep_dirs)
         else:
             results, curves = collect_runs(args.sweep_dirs)
     except NoRunsFound as e:

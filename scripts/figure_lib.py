@@ -25,8 +25,19 @@ DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "synthetic": "s
 # Columns besides the optimizer that make two runs different methods when they vary in one CSV.
 SETTING_COLUMNS = ["batch_norm", "loss_multiplier", "depth", "dataset", "subset", "epochs",
                    "batch_size", "schedule"]
-# Statuses of runs that ran to their end; "running" and "failed" runs are incomplete.
+# Statuses of runs that ran to their end; any other (running, interrupted, failed, unreadable) is incomplete.
 COMPLETE_STATUSES = ("finished", "diverged")
+# Results columns that describe how a run went, not what it was: the rest is its identity (collect.py).
+OUTCOME_COLUMNS = frozenset({"run_dir", "run_name", "sweep_id", "experiment", "status", "best_test_acc", "best_epoch",
+                             "epochs_completed", "diverged_epoch", "wall_time_s", "git_commit", "error", "curves",
+                             "config_id", "seed"})
+# What a results CSV without config_id (made by an older collect.py) must at least hold to tell runs apart.
+CORE_COLUMNS = ("optimizer", "lr", "weight_decay", "seed", "batch_norm", "depth", "dataset", "epochs", "batch_size",
+                "schedule", "loss_multiplier")
+
+
+class MixedCell(ValueError):
+    """Runs that differ in more than the seed would be averaged in one figure cell."""
 METRIC_CHOICES = ("test_acc", "train_acc", "test_loss", "train_loss", "model_norm", "best_test_acc")
 
 
@@ -98,23 +109,59 @@ def completed_runs(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["status"].isin(COMPLETE_STATUSES)]
 
 
-def varying_setting_columns(df: pd.DataFrame, exclude: tuple[str, ...] = ()) -> list[str]:
-    return [c for c in SETTING_COLUMNS
-            if c in df.columns and c not in exclude and df[c].nunique(dropna=False) > 1]
+def identity_columns(df: pd.DataFrame) -> list[str]:
+    """The columns that say what a run was (everything but its outcome, its metrics and its seed)."""
+    return [c for c in df.columns if c not in OUTCOME_COLUMNS and not c.startswith("final_")]
 
 
-def method_columns(df: pd.DataFrame, exclude: tuple[str, ...] = ()) -> list[str]:
-    """Columns that identify a method: the optimizer plus every setting that varies in df."""
-    return ["optimizer"] + varying_setting_columns(df, exclude)
+def varying_setting_columns(df: pd.DataFrame, exclude: tuple[str, ...] = (), split_by: tuple[str, ...] = ()) -> list[str]:
+    columns = list(SETTING_COLUMNS) + [c for c in split_by if c not in SETTING_COLUMNS]
+    return [c for c in columns if c in df.columns and c not in exclude and df[c].nunique(dropna=False) > 1]
+
+
+def method_columns(df: pd.DataFrame, exclude: tuple[str, ...] = (), split_by: tuple[str, ...] = ()) -> list[str]:
+    """Columns that identify a method: the optimizer plus every setting that varies in df (and split_by)."""
+    return ["optimizer"] + varying_setting_columns(df, exclude, split_by)
+
+
+def check_cells(df: pd.DataFrame, split_by: tuple[str, ...] = ()) -> None:
+    """MixedCell unless every method's lr x wd cell holds runs that differ in nothing but the seed.
+
+    With collect.py's config_id, any difference counts (every key that changes a run's result); a CSV
+    without it must at least have CORE_COLUMNS, and is checked on the columns it has.
+    """
+    missing = [c for c in split_by if c not in df.columns]
+    if missing:
+        raise ValueError(f"--split-by names columns the results do not have: {', '.join(missing)}")
+    if "config_id" not in df.columns:
+        lacking = [c for c in CORE_COLUMNS if c not in df.columns]
+        if lacking:
+            raise MixedCell(f"the results lack {', '.join(lacking)} and config_id, so runs of different settings "
+                            "cannot be told apart; collect them with scripts/collect.py")
+    placed = df.dropna(subset=["optimizer", "lr", "weight_decay"])
+    keys = method_columns(placed, split_by=split_by) + ["lr", "weight_decay"]
+    id_column = "config_id" if "config_id" in placed.columns else None
+    for key, cell in placed.groupby(keys, dropna=False):
+        known = cell[cell[id_column].notna()] if id_column else cell
+        if id_column and known[id_column].nunique() <= 1:
+            continue
+        differing = [c for c in identity_columns(known) if c not in keys and known[c].nunique(dropna=False) > 1]
+        if id_column is None and not differing:
+            continue
+        where = ", ".join(f"{k}={v}" for k, v in zip(keys, key if isinstance(key, tuple) else (key,)))
+        what = "; ".join(f"{c} ({', '.join(map(str, sorted(known[c].astype(str).unique())))})" for c in differing[:3])
+        raise MixedCell(f"the cell {where} holds runs that differ in more than the seed: {what or 'config_id'}; keep "
+                        f"them apart with --split-by {','.join(differing[:3]) or 'KEY'}, or collect them separately")
 
 
 def _matches(series: pd.Series, value) -> pd.Series:
     return series.isna() if pd.isna(value) else series == value
 
 
-def split_methods(df: pd.DataFrame, exclude: tuple[str, ...] = ()) -> list[tuple[dict, pd.DataFrame]]:
+def split_methods(df: pd.DataFrame, exclude: tuple[str, ...] = (), split_by: tuple[str, ...] = ()
+                  ) -> list[tuple[dict, pd.DataFrame]]:
     """[(method key, its runs)], optimizers in optimizers.OPTIMIZERS order, then by the varying settings."""
-    columns = method_columns(df, exclude)
+    columns = method_columns(df, exclude, split_by)
     keys = df[columns].drop_duplicates().copy()
     order = {name: i for i, name in enumerate(OPTIMIZERS)}
     keys["_rank"] = keys["optimizer"].map(lambda o: order.get(o, len(order)))
@@ -195,13 +242,15 @@ class HeatmapTable:
     """One method's grid: rows = lr (ascending), columns = weight decay (ascending, native convention).
 
     mean and std are over the seeds that did not diverge; n_runs counts completed runs
-    (finished or diverged), n_diverged the diverged ones.
+    (finished or diverged), n_diverged the diverged ones, n_incomplete the runs of the cell that did
+    not complete (running, interrupted, failed, unreadable).
     """
 
     mean: pd.DataFrame
     std: pd.DataFrame
     n_runs: pd.DataFrame
     n_diverged: pd.DataFrame
+    n_incomplete: pd.DataFrame
 
     @property
     def lrs(self) -> list[float]:
@@ -213,7 +262,12 @@ class HeatmapTable:
 
     @property
     def missing(self) -> pd.DataFrame:
-        return self.n_runs == 0
+        """No run at all: neither a completed nor an incomplete one."""
+        return (self.n_runs == 0) & (self.n_incomplete == 0)
+
+    @property
+    def incomplete(self) -> pd.DataFrame:
+        return self.n_incomplete > 0
 
     @property
     def all_diverged(self) -> pd.DataFrame:
@@ -230,12 +284,15 @@ class HeatmapTable:
 
 
 def heatmap_table(runs: pd.DataFrame, column: str) -> HeatmapTable:
-    """lr x wd table of `column` over the completed runs of one method (mean/std over seeds)."""
-    runs = completed_runs(runs)
-    if runs.empty:
-        raise ValueError("no completed (finished or diverged) run to tabulate")
-    lrs = sorted(runs["lr"].unique())
-    wds = sorted(runs["weight_decay"].unique())
+    """lr x wd table of `column` over the completed runs of one method (mean/std over seeds); the method's
+    incomplete runs are counted per cell (and give the grid its rows and columns too)."""
+    every = runs.dropna(subset=["lr", "weight_decay"])
+    unfinished = every[~every["status"].isin(COMPLETE_STATUSES)]
+    runs = completed_runs(every)
+    if runs.empty and unfinished.empty:
+        raise ValueError("no run to tabulate")
+    lrs = sorted(every["lr"].unique())
+    wds = sorted(every["weight_decay"].unique())
     diverged = runs["status"] == "diverged"
     cells = ["lr", "weight_decay"]
     kept = runs[~diverged].groupby(cells)[column]
@@ -251,6 +308,7 @@ def heatmap_table(runs: pd.DataFrame, column: str) -> HeatmapTable:
         std=grid(kept.std()),
         n_runs=grid(runs.groupby(cells).size()).fillna(0).astype(int),
         n_diverged=grid(runs[diverged].groupby(cells).size()).fillna(0).astype(int),
+        n_incomplete=grid(unfinished.groupby(cells).size()).fillna(0).astype(int),
     )
 
 

@@ -1,7 +1,7 @@
 """Heatmaps, best-configuration curves, the scale-free plot and decoupling scores of a results CSV.
 
     python scripts/figures.py results/NAME.csv -o results/figures/NAME/ \
-        [--wd-convention native|torch|paper] [--metric test_acc]
+        [--wd-convention native|torch|paper] [--metric test_acc] [--split-by KEY,...] [--allow-incomplete]
 
 Reads results/NAME.csv and results/NAME_curves.csv from scripts/collect.py. Writes every figure as
 PNG and PDF plus decoupling.csv, and prints the paths written. From a notebook:
@@ -11,6 +11,13 @@ PNG and PDF plus decoupling.csv, and prints the paths written. From a notebook:
 
 Figures are matplotlib.figure.Figure objects built without pyplot, so they never touch the
 notebook's backend or pile up in pyplot's figure list.
+
+Runs are averaged in one cell only when they differ in nothing but the seed: a cell whose runs differ
+in any setting that changes a result (collect.py's config_id; the columns say which) is an error that
+names the keys; --split-by KEY,... draws such runs as separate methods instead. Runs that did not
+complete (failed, unreadable, still running) are counted in their cells and drawn framed in red, a
+cell with no completed run hatched red, apart from "—" (no run); the figures are written, and the
+command then exits 1 unless --allow-incomplete.
 
 Weight-decay axis: every panel's columns are the weight decays as swept, in the optimizer's own
 (native) convention. --wd-convention torch|paper does not move cells (the converted grid is not
@@ -45,6 +52,9 @@ CMAP = "viridis"
 CAPTION_FONTSIZE = 7
 MISSING_COLOR = "#ececec"
 DIVERGED_COLOR = "#9a9a9a"
+INCOMPLETE_COLOR = "#d62728"
+RESULT_COLUMNS_NEEDED = ("run_dir", "optimizer", "lr", "weight_decay", "status")
+CURVE_COLUMNS_NEEDED = ("run_dir", "epoch")
 CURVE_METRICS = (("test_acc", "test accuracy (%)"), ("train_loss", "train loss"))
 
 
@@ -56,7 +66,7 @@ def load_results(path: str | os.PathLike) -> pd.DataFrame:
     if not path.is_file():
         raise FileNotFoundError(f"results CSV {path} not found; run scripts/collect.py first")
     df = pd.read_csv(path)
-    missing = [c for c in ("optimizer", "lr", "weight_decay", "status") if c not in df.columns]
+    missing = [c for c in RESULT_COLUMNS_NEEDED if c not in df.columns]
     if missing:
         raise ValueError(f"{path} lacks columns {', '.join(missing)}; is it a results CSV from scripts/collect.py?")
     if "batch_norm" in df.columns and not pd.api.types.is_bool_dtype(df["batch_norm"]):
@@ -67,7 +77,13 @@ def load_results(path: str | os.PathLike) -> pd.DataFrame:
 def load_curves(results_csv: str | os.PathLike) -> pd.DataFrame | None:
     """NAME_curves.csv beside results_csv, or None when it is absent."""
     path = curves_path_for(results_csv)
-    return pd.read_csv(path) if path.is_file() else None
+    if not path.is_file():
+        return None
+    curves = pd.read_csv(path)
+    missing = [c for c in CURVE_COLUMNS_NEEDED if c not in curves.columns]
+    if missing:
+        raise ValueError(f"{path} lacks columns {', '.join(missing)}; is it a curves CSV from scripts/collect.py?")
+    return curves
 
 
 # ---------------------------------------------------------------- heatmaps
@@ -91,10 +107,12 @@ def _metric_title(column: str) -> str:
 
 def cell_text(table: lib.HeatmapTable, i: int, j: int, column: str,
               converted_wd: float | None = None) -> str:
-    """What cell (lr row i, wd column j) says: 'div', '—', or 'mean\\n±std[\\nk/n div][\\nλ=..]'."""
+    """What cell (lr row i, wd column j) says: '—' (no run), 'k incomplete', 'div', or
+    'mean\\n±std[\\nk/n div][\\nk incomplete][\\nλ=..]'."""
     n, n_div = int(table.n_runs.iat[i, j]), int(table.n_diverged.iat[i, j])
+    n_inc = int(table.n_incomplete.iat[i, j])
     if n == 0:
-        return "—"
+        return "—" if n_inc == 0 else f"{n_inc} incomplete"
     if n_div == n:
         lines = ["div" if n == 1 else f"{n}/{n} div"]
     else:
@@ -105,6 +123,8 @@ def cell_text(table: lib.HeatmapTable, i: int, j: int, column: str,
             lines.append(f"±{_format_value(table.std.iat[i, j] * scale, column)}")
         if n_div:
             lines.append(f"{n_div}/{n} div")
+    if n_inc:
+        lines.append(f"{n_inc} incomplete")
     if converted_wd is not None:
         lines.append(f"λ={lib.format_hparam(converted_wd)}")
     return "\n".join(lines)
@@ -126,6 +146,12 @@ def _draw_panel(ax, table: lib.HeatmapTable, key: dict, column: str, norm: Norma
         for j, wd in enumerate(table.wds):
             converted = lib.convert_weight_decay(wd, lr, key["optimizer"], wd_convention) if convert else None
             text = cell_text(table, i, j, column, converted)
+            if table.incomplete.iat[i, j]:
+                # Runs of this cell did not complete: never to be read as "no run" nor as a whole cell.
+                no_result = int(table.n_runs.iat[i, j]) == 0
+                ax.add_patch(Rectangle((j - 0.48, i - 0.48), 0.96, 0.96, facecolor="#f7d4d4" if no_result else "none",
+                                       hatch="xx" if no_result else None, edgecolor=INCOMPLETE_COLOR, linewidth=2,
+                                       linestyle="--"))
             if table.all_diverged.iat[i, j]:
                 ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor=DIVERGED_COLOR,
                                        hatch="///", edgecolor="#555555", linewidth=0))
@@ -152,13 +178,17 @@ def heatmap_caption(df: pd.DataFrame, column: str, wd_convention: str,
     """The text under a heatmap figure: how to read it, and the decoupling scores."""
     seeds = completed_seed_count(df)
     lines = [f"Mean over {seeds}; ± = std over seeds that did not diverge. "
-             "Hatched grey 'div' = every seed diverged; 'k/n div' = k of n seeds diverged; '—' = no run."]
+             "Hatched grey 'div' = every seed diverged; 'k/n div' = k of n seeds diverged; '—' = no run; "
+             "red dashed frame 'k incomplete' = k runs of the cell did not complete (failed, unreadable, running) "
+             "and are not in its mean."]
     if wd_convention != "native":
         lines.append(f"Columns: weight decay as swept, in each optimizer's own convention; λ in a cell = "
                      f"the same decay in the {wd_convention} convention (λ_paper = lr·λ_torch).")
     incomplete = int((~df["status"].isin(lib.COMPLETE_STATUSES)).sum())
     if incomplete:
-        lines.append(f"{incomplete} running or failed run(s) left out.")
+        lines.append(f"{incomplete} run(s) did not complete: " + ", ".join(
+            f"{n} {status}" for status, n in df.loc[~df["status"].isin(lib.COMPLETE_STATUSES), "status"]
+            .value_counts().items()) + ".")
     if scores is not None and len(scores):
         parts = [f"{r.method}: {r.lr_shift_std:.2f}" + ("" if math.isnan(r.region_fill) else f" (fill {r.region_fill:.2f})")
                  for r in scores.itertuples()]
@@ -177,16 +207,25 @@ def completed_seed_count(df: pd.DataFrame) -> str:
     return f"{count} seed" + ("" if count == "1" else "s")
 
 
+def placed_runs(df: pd.DataFrame) -> pd.DataFrame:
+    """Runs that belong in a cell: those whose optimizer, lr and weight decay are known."""
+    return df.dropna(subset=["optimizer", "lr", "weight_decay"])
+
+
+def heatmap_tables(df: pd.DataFrame, column: str, split_by: tuple[str, ...] = ()) -> list:
+    """[(method key, HeatmapTable)] of every method with a run, complete or not."""
+    return [(key, lib.heatmap_table(runs, column)) for key, runs in lib.split_methods(placed_runs(df), split_by=split_by)]
+
+
 def plot_heatmaps(df: pd.DataFrame, metric: str = "test_acc", *, wd_convention: str = "native",
-                  scores: pd.DataFrame | None = None) -> Figure:
+                  scores: pd.DataFrame | None = None, split_by: tuple[str, ...] = ()) -> Figure:
     """One lr x wd panel per method, shared colour scale, annotated cells; see heatmap_caption."""
     if wd_convention not in lib.WD_CONVENTIONS:
         raise ValueError(f"unknown weight-decay convention {wd_convention!r}; use one of {', '.join(lib.WD_CONVENTIONS)}")
     column = lib.metric_column(df, metric)
-    done = lib.completed_runs(df)
-    if done.empty:
+    if lib.completed_runs(df).empty:
         raise ValueError("no finished or diverged run in the results; nothing to draw")
-    methods = [(key, lib.heatmap_table(runs, column)) for key, runs in lib.split_methods(done)]
+    methods = heatmap_tables(df, column, split_by)
     finite = np.concatenate([t.mean.to_numpy(dtype=float).ravel() for _, t in methods]) * _scale(column)
     finite = finite[np.isfinite(finite)]
     norm = Normalize(*(finite.min(), finite.max()) if finite.size else (0, 1))
@@ -222,12 +261,16 @@ def plot_heatmaps(df: pd.DataFrame, metric: str = "test_acc", *, wd_convention: 
 
 # ---------------------------------------------------------------- decoupling scores
 
-def decoupling_table(df: pd.DataFrame, metric: str = "test_acc", tolerance: float = 0.02) -> pd.DataFrame:
-    """One row per method: its decoupling scores (see figure_lib.Decoupling) on the swept grid."""
+def decoupling_table(df: pd.DataFrame, metric: str = "test_acc", tolerance: float = 0.02,
+                     split_by: tuple[str, ...] = ()) -> pd.DataFrame:
+    """One row per method: its decoupling scores (see figure_lib.Decoupling) on the swept grid, and how many of
+    its cells hold runs that did not complete (the scores then rest on fewer seeds there)."""
     column = lib.metric_column(df, metric)
     done = lib.completed_runs(df)
+    incomplete = {tuple(sorted(key.items())): int(table.incomplete.to_numpy().sum())
+                  for key, table in heatmap_tables(df, column, split_by)}
     rows = []
-    for key, runs in lib.split_methods(done):
+    for key, runs in lib.split_methods(done, split_by=split_by):
         score = lib.decoupling(lib.heatmap_table(runs, column), lib.higher_is_better(metric), tolerance)
         rows.append({
             "method": lib.method_label(key), **key,
@@ -238,17 +281,19 @@ def decoupling_table(df: pd.DataFrame, metric: str = "test_acc", tolerance: floa
             "lr_shift_std": score.lr_shift_std,
             "lr_shift_range": score.lr_shift_range,
             "region_fill": score.region_fill,
+            "incomplete_cells": incomplete.get(tuple(sorted(key.items())), 0),
         })
     return pd.DataFrame(rows)
 
 
 # ---------------------------------------------------------------- curves of the best configurations
 
-def best_configs(df: pd.DataFrame, metric: str = "test_acc") -> list[tuple[dict, float, float, pd.DataFrame]]:
+def best_configs(df: pd.DataFrame, metric: str = "test_acc", split_by: tuple[str, ...] = ()
+                 ) -> list[tuple[dict, float, float, pd.DataFrame]]:
     """[(method key, lr, wd, its finished runs)] of each method's best cell (mean over seeds)."""
     column = lib.metric_column(df, metric)
     out = []
-    for key, runs in lib.split_methods(lib.completed_runs(df)):
+    for key, runs in lib.split_methods(lib.completed_runs(df), split_by=split_by):
         best = lib.best_config(lib.heatmap_table(runs, column), lib.higher_is_better(metric))
         if best is None:
             continue
@@ -257,12 +302,26 @@ def best_configs(df: pd.DataFrame, metric: str = "test_acc") -> list[tuple[dict,
     return out
 
 
-def plot_best_curves(df: pd.DataFrame, curves: pd.DataFrame, metric: str = "test_acc") -> Figure | None:
+def missing_curves(df: pd.DataFrame, curves: pd.DataFrame | None, metric: str = "test_acc",
+                   split_by: tuple[str, ...] = ()) -> list[str]:
+    """A line per run of a best configuration whose curves are missing or lack a plotted metric."""
+    lines = []
+    for key, _, _, runs in best_configs(df, metric, split_by):
+        for run_dir in runs["run_dir"]:
+            rows = curves[curves["run_dir"] == run_dir] if curves is not None else pd.DataFrame()
+            lacking = [name for name, _ in CURVE_METRICS if rows.empty or name not in rows or rows[name].isna().all()]
+            if lacking:
+                lines.append(f"{lib.method_label(key)}: {run_dir} has no {', '.join(lacking)} curve")
+    return lines
+
+
+def plot_best_curves(df: pd.DataFrame, curves: pd.DataFrame, metric: str = "test_acc",
+                     split_by: tuple[str, ...] = ()) -> Figure | None:
     """Test accuracy and train loss per epoch of each method's best configuration (mean ± std)."""
     fig = Figure(figsize=(11, 4), layout="constrained")
     axes = fig.subplots(1, len(CURVE_METRICS))
     drawn = 0
-    for key, lr, wd, runs in best_configs(df, metric):
+    for key, lr, wd, runs in best_configs(df, metric, split_by):
         rows = curves[curves["run_dir"].isin(runs["run_dir"])]
         if rows.empty:
             continue
@@ -285,7 +344,10 @@ def plot_best_curves(df: pd.DataFrame, curves: pd.DataFrame, metric: str = "test
         ax.grid(alpha=0.3)
         if name.endswith("loss"):
             ax.set_yscale("log")
-    axes[0].legend(fontsize=8)
+    for ax in axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+            break
     title = lib.setting_title(df)
     fig.suptitle(f"Best configuration of each method (by {_metric_title(lib.metric_column(df, metric))}, "
                  f"mean ± std over seeds)" + (f" — {title}" if title else ""), fontsize=10)
@@ -367,30 +429,70 @@ def save_figure(fig: Figure, out_dir: str | os.PathLike, stem: str) -> list[Path
     return written
 
 
-def make_figures(results_csv: str | os.PathLike, out_dir: str | os.PathLike, *,
-                 wd_convention: str = "native", metric: str = "test_acc") -> list[Path]:
-    """Every figure of a results CSV plus decoupling.csv in out_dir; returns the paths written."""
+class IncompleteResults(Exception):
+    """The figures were written, but some of their cells or curves rest on runs that did not complete."""
+
+
+def incomplete_report(df: pd.DataFrame, curves: pd.DataFrame | None, metric: str,
+                      split_by: tuple[str, ...] = ()) -> list[str]:
+    """One line per thing the figures cannot show whole: cells with runs that did not complete, runs that
+    belong in no cell (unreadable without a config), curves missing from a best configuration."""
+    column = lib.metric_column(df, metric)
+    lines = []
+    for key, table in heatmap_tables(df, column, split_by):
+        for lr, wd in table.incomplete.stack()[lambda v: v].index:
+            n = int(table.n_incomplete.loc[lr, wd])
+            lines.append(f"{lib.method_label(key)}, lr {lib.format_hparam(lr)}, wd {lib.format_hparam(wd)}: "
+                         f"{n} run(s) did not complete")
+    unplaced = df[df[["optimizer", "lr", "weight_decay"]].isna().any(axis=1)]
+    for row in unplaced.itertuples():
+        lines.append(f"{row.run_dir}: {row.status} and in no cell ({getattr(row, 'error', '')})")
+    return lines + missing_curves(df, curves, metric, split_by)
+
+
+def make_figures(results_csv: str | os.PathLike, out_dir: str | os.PathLike, *, wd_convention: str = "native",
+                 metric: str = "test_acc", split_by: tuple[str, ...] = (), allow_incomplete: bool = False) -> list[Path]:
+    """Every figure of a results CSV plus decoupling.csv in out_dir; returns the paths written.
+
+    MixedCell (nothing written) when runs that differ in more than the seed would share a cell;
+    IncompleteResults (after writing) when something is incomplete, unless allow_incomplete.
+    """
     df = load_results(results_csv)
     lib.metric_column(df, metric)
     if lib.completed_runs(df).empty:
         raise ValueError(f"{results_csv} has no finished or diverged run; nothing to draw yet")
-    scores = decoupling_table(df, metric)
-    written = save_figure(plot_heatmaps(df, metric, wd_convention=wd_convention, scores=scores),
+    lib.check_cells(df, split_by)
+    if "config_id" not in df.columns:
+        print(f"figures: {results_csv} has no config_id column (an older collect.py): runs are told apart by its "
+              "columns only", file=sys.stderr)
+    scores = decoupling_table(df, metric, split_by=split_by)
+    written = save_figure(plot_heatmaps(df, metric, wd_convention=wd_convention, scores=scores, split_by=split_by),
                           out_dir, f"heatmap_{metric}")
     if "final_model_norm" in df.columns and df["final_model_norm"].notna().any():
-        written += save_figure(plot_heatmaps(df, "model_norm", wd_convention=wd_convention), out_dir,
-                               "heatmap_model_norm")
+        written += save_figure(plot_heatmaps(df, "model_norm", wd_convention=wd_convention, split_by=split_by),
+                               out_dir, "heatmap_model_norm")
     curves = load_curves(results_csv)
     if curves is None:
         print(f"figures: no {curves_path_for(results_csv)}; skipping the training curves", file=sys.stderr)
-    elif (fig := plot_best_curves(df, curves, metric)) is not None:
+    elif (fig := plot_best_curves(df, curves, metric, split_by)) is not None:
         written += save_figure(fig, out_dir, "curves_best")
     if (fig := plot_scale_free(df, metric)) is not None:
         written += save_figure(fig, out_dir, "scale_free")
     written.append(write_csv_atomically(scores, Path(out_dir) / "decoupling.csv"))
     print(f"Decoupling of {metric} (lr_shift_std = std of log10 best lr across wd; lower = more decoupled):")
-    print(scores[["method", "wd_convention", "lr_shift_std", "lr_shift_range", "region_fill",
+    print(scores[["method", "wd_convention", "lr_shift_std", "lr_shift_range", "region_fill", "incomplete_cells",
                   "best_lr_per_wd"]].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    problems = incomplete_report(df, curves, metric, split_by)
+    if problems:
+        for line in problems:
+            print(f"figures: incomplete: {line}", file=sys.stderr)
+        message = (f"{len(problems)} cell(s) or curve(s) rest on runs that did not complete (drawn framed in red); "
+                   "rerun or repair those runs, or pass --allow-incomplete")
+        if not allow_incomplete:
+            for path in written:
+                print(path)
+            raise IncompleteResults(message)
+        print(f"figures: {message}", file=sys.stderr)
     return written
 
 
@@ -402,7 +504,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="also show weight decay in this convention (native = as swept)")
     parser.add_argument("--metric", choices=lib.METRIC_CHOICES, default="test_acc",
                         help="metric of the main heatmap, best configurations and decoupling")
-    return parser.parse_args(argv)
+    parser.add_argument("--split-by", default="", metavar="KEY,...",
+                        help="draw runs that differ in these results columns as separate methods")
+    parser.add_argument("--allow-incomplete", action="store_true",
+                        help="exit 0 although some cells or curves rest on runs that did not complete")
+    args = parser.parse_args(argv)
+    args.split_by = tuple(k.strip() for k in args.split_by.split(",") if k.strip())
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -410,8 +518,8 @@ def main(argv: list[str] | None = None) -> int:
     matplotlib.use("Agg")
     try:
         written = make_figures(args.results_csv, args.output, wd_convention=args.wd_convention,
-                               metric=args.metric)
-    except (ValueError, FileNotFoundError) as e:
+                               metric=args.metric, split_by=args.split_by, allow_incomplete=args.allow_incomplete)
+    except (ValueError, FileNotFoundError, IncompleteResults) as e:
         print(f"figures: error: {e}", file=sys.stderr)
         return 1
     for path in written:

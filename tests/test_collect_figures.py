@@ -72,7 +72,7 @@ def test_collect_writes_long_curves(collected):
     assert list(one["epoch"]) == list(range(1, int(results["epochs_completed"].iloc[0]) + 1))
 
 
-def test_collect_reports_and_skips_broken_runs_and_keeps_running_ones(tmp_path, capsys):
+def test_collect_marks_every_run_it_cannot_read_with_the_reason_and_keeps_running_ones(tmp_path, capsys):
     sweep = tmp_path / "sweep"
     fake_runs.write_fake_run(sweep, optimizer="adamw", lr=1e-3, weight_decay=1e-4, seed=0,
                              test_acc=0.8, model_norm=30.0)
@@ -81,6 +81,8 @@ def test_collect_reports_and_skips_broken_runs_and_keeps_running_ones(tmp_path, 
     corrupt = fake_runs.write_fake_run(sweep, optimizer="adamp", lr=1e-3, weight_decay=1e-4, seed=0,
                                        test_acc=0.8, model_norm=30.0)
     (corrupt / "summary.json").write_text('{"status": "fini')
+    # Its resolved config.yaml still says which run it was, so its row can find its cell.
+    (corrupt / "config.yaml").write_text("seed: 0\noptimizer: {name: adamp, lr: 0.001, weight_decay: 0.0001}\n")
     partial = fake_runs.write_fake_run(sweep, optimizer="adamp", lr=1e-2, weight_decay=1e-4, seed=0,
                                        test_acc=0.8, model_norm=30.0)
     (partial / "summary.json").unlink()
@@ -89,19 +91,31 @@ def test_collect_reports_and_skips_broken_runs_and_keeps_running_ones(tmp_path, 
     summary = json.loads((keyless / "summary.json").read_text())
     del summary["hparams"]["lr"], summary["final"]
     (keyless / "summary.json").write_text(json.dumps(summary))
+    no_test_acc = fake_runs.write_fake_run(sweep, optimizer="adamw", lr=1e-2, weight_decay=1e-4, seed=0,
+                                           test_acc=0.6, model_norm=30.0)
+    metrics = pd.read_csv(no_test_acc / "metrics.csv").drop(columns="test_acc")
+    metrics.to_csv(no_test_acc / "metrics.csv", index=False)
 
     unstarted = sweep / "optimizer=adamp,seed=9"
     (unstarted / ".hydra").mkdir(parents=True)
     (unstarted / ".hydra" / "config.yaml").write_text("seed: 9\n")
+    empty = sweep / "optimizer=adamp,seed=8"
+    empty.mkdir()
 
     results, _ = collect.collect_runs([sweep])
     err = capsys.readouterr().err.strip().splitlines()
-    assert sorted(results["status"]) == ["finished", "running"]
-    assert len(err) == 4 and all(line.startswith("collect: skipping ") for line in err)
-    assert any(unstarted.name in line and "never finished an epoch" in line for line in err)
-    assert any(corrupt.name in line and "not valid JSON" in line for line in err)
-    assert any(partial.name in line and "no summary.json" in line for line in err)
-    assert any(keyless.name in line and "final" in line and "hparams.lr" in line for line in err)
+    assert sorted(results["status"]) == ["finished", "finished", "running"] + ["unreadable"] * 5
+    by_name = {Path(r).name: row for r, row in zip(results["run_dir"], results.to_dict("records"))}
+    assert "never finished an epoch" in by_name[unstarted.name]["error"]
+    assert "not valid JSON" in by_name[corrupt.name]["error"]
+    assert "no summary.json" in by_name[partial.name]["error"]
+    assert "final" in by_name[keyless.name]["error"] and "hparams.lr" in by_name[keyless.name]["error"]
+    assert by_name[empty.name]["error"] == "empty run folder"
+    assert (by_name[corrupt.name]["optimizer"], by_name[corrupt.name]["lr"]) == ("adamp", 1e-3)
+    assert by_name[no_test_acc.name]["curves"] == "metrics.csv lacks test_acc"
+    # Every one is said on stderr, with the reason.
+    assert sum("marked unreadable" in line for line in err) == 5
+    assert any(no_test_acc.name in line and "lacks test_acc" in line for line in err)
 
 
 def test_collect_fails_in_one_line_when_no_run_is_found(tmp_path, capsys):
@@ -169,11 +183,15 @@ def test_heatmap_table_matches_seed_statistics(collected):
     assert not table.missing.to_numpy().any()
 
 
-def test_running_and_failed_runs_stay_out_of_tables():
+def test_running_and_failed_runs_stay_out_of_means_but_are_counted_in_their_cells():
     df = pd.DataFrame({"optimizer": "adamw", "lr": [1e-3, 1e-3, 1e-2], "weight_decay": 1e-4,
                        "status": ["finished", "running", "failed"], "final_test_acc": [0.8, 0.1, 0.2]})
     table = lib.heatmap_table(df, "final_test_acc")
-    assert table.lrs == [1e-3] and table.n_runs.iat[0, 0] == 1 and table.mean.iat[0, 0] == 0.8
+    # The failed run's lr is a row of the grid, but its cell has no result and says so: not "no run".
+    assert table.lrs == [1e-3, 1e-2] and table.n_runs.iat[0, 0] == 1 and table.mean.iat[0, 0] == 0.8
+    assert table.n_incomplete.iloc[:, 0].tolist() == [1, 1] and not table.missing.to_numpy().any()
+    assert figures.cell_text(table, 1, 0, "final_test_acc") == "1 incomplete"
+    assert figures.cell_text(table, 0, 0, "final_test_acc").endswith("\n1 incomplete")
 
 
 def test_best_config_skips_cells_where_a_seed_diverged():
@@ -334,3 +352,119 @@ def test_scale_free_plot_when_loss_multiplier_varies(tmp_path):
     line = fig.axes[1].get_lines()[0]
     first = norms[norms.method == norms.method.iloc[0]]
     assert list(line.get_ydata()) == pytest.approx(list(first["mean"] * figures._scale("final_model_norm")))
+
+
+# ---------------------------------------------------------------- runs that differ, runs that are missing
+
+def test_figures_refuse_to_average_runs_that_differ_in_more_than_the_seed(tmp_path, capsys):
+    """Real runs: the same grid swept twice, the second with optimizer.exclude_norm_and_bias=true."""
+    from cli import cli_env, run_cli
+
+    env = cli_env(tmp_path, OMP_NUM_THREADS="1")
+    grid = ["-m", "data=synthetic", "data.train_size=64", "data.test_size=32", "trainer.batch_size=16",
+            "trainer.epochs=1", "logger=none", "optimizer.lr=1e-3,1e-2", "optimizer.weight_decay=0.5"]
+    run_cli([*grid, f"hydra.sweep.dir={tmp_path / 'A'}"], env=env)
+    run_cli([*grid, "optimizer.exclude_norm_and_bias=true", f"hydra.sweep.dir={tmp_path / 'C'}"], env=env)
+    out = tmp_path / "ac.csv"
+    assert collect.main([str(tmp_path / "A"), str(tmp_path / "C"), "-o", str(out)]) == 0
+    results = pd.read_csv(out)
+    # Every key that changes a run's result is a column, the ones no list names too.
+    assert sorted(results["optimizer.exclude_norm_and_bias"]) == [False, False, True, True]
+    assert {"optimizer.betas", "trainer.precision", "schedule.warmup_epochs", "data.fingerprint"} <= set(results)
+    assert results["config_id"].nunique() == 4
+    capsys.readouterr()
+    assert figures.main([str(out), "-o", str(tmp_path / "figs")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("figures: error: the cell ") and \
+        "differ in more than the seed: optimizer.exclude_norm_and_bias (False, True)" in err[0]
+    assert not (tmp_path / "figs").exists(), "nothing is drawn from a mixed cell"
+    assert figures.main([str(out), "-o", str(tmp_path / "figs"), "--split-by", "optimizer.exclude_norm_and_bias"]) == 0
+    scores = pd.read_csv(tmp_path / "figs" / "decoupling.csv")
+    assert len(scores) == 2  # AdamW with and without the exclusion: two methods
+
+
+def test_a_results_csv_that_cannot_tell_runs_apart_is_refused(tmp_path, capsys):
+    df = pd.DataFrame({"run_dir": ["a", "b"], "optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-4, "seed": 0,
+                       "status": "finished", "final_test_acc": [0.9, 0.2]})  # BN on and off, but no column says so
+    df.to_csv(tmp_path / "hand.csv", index=False)
+    assert figures.main([str(tmp_path / "hand.csv"), "-o", str(tmp_path / "f")]) == 1
+    assert "lack batch_norm" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("missing, which", [("run_dir", "results"), ("epoch", "curves"), ("run_dir", "curves")])
+def test_a_csv_without_a_needed_column_is_a_one_line_error(collected, tmp_path, capsys, missing, which):
+    out, results, curves, _ = collected
+    target = tmp_path / "r.csv"
+    (results.drop(columns=missing) if which == "results" else results).to_csv(target, index=False)
+    (curves.drop(columns=missing) if which == "curves" else curves).to_csv(collect.curves_path_for(target),
+                                                                            index=False)
+    assert figures.main([str(target), "-o", str(tmp_path / "f")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("figures: error: ") and f"lacks columns {missing}" in err[-1]
+    assert "Traceback" not in "\n".join(err)
+
+
+def test_a_damaged_run_is_drawn_apart_from_no_run_and_fails_the_figures(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    fake_runs.write_fake_sweep(sweep, lrs=(1e-3, 1e-2), wds=(1e-4, 1e-3), seeds=(0,))
+    damaged = next(p for p in sweep.iterdir() if "optimizer=adamw,optimizer.lr=0.01,optimizer.weight_decay=0.001" in
+                   p.name)
+    (damaged / "summary.json").write_text("garbage")
+    # Its resolved config says which run it was (as the trainer writes it, at the start of a run).
+    (damaged / "config.yaml").write_text(
+        "seed: 0\nloss_multiplier: 1.0\noptimizer: {name: adamw, lr: 0.01, weight_decay: 0.001}\n"
+        "model: {depth: 20, batch_norm: false}\ndata: {name: cifar10, subset: 5000}\n"
+        "trainer: {epochs: 5, batch_size: 128}\nschedule: {name: constant}\n")
+    (sweep / "never-started").mkdir()
+    out = tmp_path / "r.csv"
+    assert collect.main([str(sweep), "-o", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"cannot read {collect.display_path(damaged)}" in err and "is an empty run folder" in err
+    results = pd.read_csv(out)
+    assert sorted(results["status"].unique()) == ["finished", "unreadable"] and len(results) == 9
+
+    figs = tmp_path / "figs"
+    assert figures.main([str(out), "-o", str(figs)]) == 1
+    err = capsys.readouterr().err
+    assert "incomplete: AdamW, lr 1e-2, wd 1e-3: 1 run(s) did not complete" in err
+    assert "never-started: unreadable and in no cell" in err
+    assert "pass --allow-incomplete" in err.strip().splitlines()[-1]
+    assert (figs / "heatmap_test_acc.png").is_file(), "the figures are drawn, marked"
+    df = figures.load_results(out)
+    tables = dict((k["optimizer"], t) for k, t in figures.heatmap_tables(df, "final_test_acc"))
+    assert figures.cell_text(tables["adamw"], 1, 1, "final_test_acc") == "1 incomplete"
+    assert not tables["adamw"].missing.to_numpy().any()  # no cell reads as "no run"
+    assert pd.read_csv(figs / "decoupling.csv").set_index("optimizer").loc["adamw", "incomplete_cells"] == 1
+    assert figures.main([str(out), "-o", str(figs), "--allow-incomplete"]) == 0
+
+
+def test_curves_without_a_plotted_metric_fail_the_figures(collected, tmp_path, capsys):
+    out, results, curves, _ = collected
+    target = tmp_path / "r.csv"
+    results[results["status"] != "running"].to_csv(target, index=False)
+    curves.drop(columns="test_acc").to_csv(collect.curves_path_for(target), index=False)
+    assert figures.main([str(target), "-o", str(tmp_path / "f")]) == 1
+    assert "has no test_acc curve" in capsys.readouterr().err
+
+
+def test_collect_reads_runs_back_from_their_wandb_files_as_from_their_folders(tmp_path):
+    """W&B records what collect needs: real offline runs, their .wandb transaction logs parsed record by record."""
+    from cli import cli_env, run_cli
+
+    sweep = tmp_path / "sweep"
+    run_cli(["-m", "data=synthetic", "data.train_size=64", "data.test_size=32", "trainer.batch_size=16",
+             "trainer.epochs=2", "logger=wandb", "optimizer=adamw,adamp", f"hydra.sweep.dir={sweep}"],
+            env=cli_env(tmp_path, WANDB_MODE="offline"))
+    assert len(list(sweep.glob("*/wandb/offline-run-*/run-*.wandb"))) == 2
+    folders = collect.collect_runs([sweep])
+    files = collect.collect_wandb_files([sweep])
+    for a, b in zip(folders, files):
+        keys = [c for c in ("run_name", "optimizer") if c in a.columns]
+        a, b = a.sort_values(keys).reset_index(drop=True), b.sort_values(keys).reset_index(drop=True)
+        same = [c for c in a.columns if c not in ("run_dir", "wall_time_s", "epoch_epoch_time_s",
+                                                   "epoch_images_per_s", "epoch_time_s", "images_per_s", "curves")]
+        assert set(a.columns) == set(b.columns)
+        pd.testing.assert_frame_equal(a[same], b[same], check_dtype=False)
+    results = files[0]
+    assert set(results["status"]) == {"finished"} and results["lr"].notna().all()
+    assert results["data.fingerprint"].notna().all() and results["config_id"].nunique() == 2
