@@ -38,7 +38,7 @@ class MemberState:
     source: Path
 
 
-def member_state(checkpoint: dict, run_name: str, source: Path) -> MemberState | None:
+def read_member_state(checkpoint: dict, run_name: str, source: Path) -> MemberState | None:
     """run_name's state in a loaded checkpoint of either format; None when it does not hold that run."""
     if "members" not in checkpoint:  # a single run's own checkpoint
         return MemberState(int(checkpoint["epoch"]), checkpoint["model"], checkpoint["optimizer"],
@@ -83,7 +83,7 @@ def resume_state(run_dir: Path, run_name: str, summary: dict | None, candidates:
     usable, stale = [], []
     for path in dict.fromkeys(Path(os.path.abspath(p)) for p in paths):
         checkpoint = cache.get(path)
-        state = member_state(checkpoint, run_name, path) if checkpoint is not None else None
+        state = read_member_state(checkpoint, run_name, path) if checkpoint is not None else None
         if state is None:
             continue
         # A checkpoint one epoch ahead of the summary is the process killed between writing the two; one behind

@@ -319,7 +319,7 @@ def _log_to_wandb(trained: list[MemberRecord]) -> None:
                         one_line(exc), extra=member.extra)
 
 
-def member_state(run: PackRun, k: int) -> dict:
+def member_state_dicts(run: PackRun, k: int) -> dict:
     """Member k's model, optimizer and scheduler state, each in the format its single run's checkpoint has."""
     model = {name: tensor.detach().clone() for name, tensor in run.pack.members[k].state_dict().items()}
     optimizer, scheduler = run.optimizer.member_state_dict(k)

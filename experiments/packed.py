@@ -36,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from experiments import run_files, run_info
 from experiments.checkpoints import CheckpointCache, resume_state
 from experiments.config_checks import ConfigError, check_config
-from experiments.engine import PackMember, PackRun, member_state, train_members
+from experiments.engine import PackMember, PackRun, member_state_dicts, train_members
 from experiments.packed_models import ROUTES
 from experiments.run_identity import RunMismatch, cached_fingerprint, check_same_run, worth_checking
 from experiments.run_lock import RunLock, RunLocked
@@ -104,7 +104,7 @@ class PackStore:
         self.packed_init = packed_init
 
     def save(self, run: PackRun, epoch: int) -> None:
-        states = [member_state(run, i) for i in range(len(run.members))]
+        states = [member_state_dicts(run, i) for i in range(len(run.members))]
         run_files.save_checkpoint(self.path, {
             "epoch": epoch, "model": run.pack.state_dict(),
             "optimizers": [s["optimizer"] for s in states], "schedulers": [s["scheduler"] for s in states],

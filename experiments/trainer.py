@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from experiments import run_files, run_info
 from experiments.checkpoints import CheckpointCache, resume_state
 from experiments.config_checks import check_config
-from experiments.engine import PackMember, PackRun, member_state, train_members
+from experiments.engine import PackMember, PackRun, member_state_dicts, train_members
 from experiments.run_identity import cached_fingerprint, check_same_run, worth_checking
 from experiments.run_lock import RunLock
 from experiments.run_record import is_done
@@ -31,8 +31,8 @@ class SingleRunStore:
         self.label = member.run_name
 
     def save(self, run: PackRun, epoch: int) -> None:
-        run_files.save_checkpoint(self.path, {"epoch": epoch, **member_state(run, 0), "history": run.members[0].history,
-                                              "wall_time_s": run.wall()})
+        run_files.save_checkpoint(self.path, {"epoch": epoch, **member_state_dicts(run, 0),
+                                              "history": run.members[0].history, "wall_time_s": run.wall()})
 
     def on_start(self, run: PackRun) -> None:
         pass

@@ -40,6 +40,13 @@ def bias_corrections(steps: list[float], lr: float, beta1: float, beta2: float):
     return [-(lr / (1 - beta1**t)) for t in steps], [(1 - beta2**t) ** 0.5 for t in steps]
 
 
+class _ConventionOfDecayRule:
+    """AdamCore.weight_decay_convention: its decay rule's, read on the class."""
+
+    def __get__(self, obj, owner) -> str | None:
+        return owner.decay_rule.weight_decay_convention
+
+
 class AdamCore(ScheduledOptimizer):
     """Adam with `decay_rule` deciding how `weight_decay` acts.
 
@@ -49,6 +56,7 @@ class AdamCore(ScheduledOptimizer):
     """
 
     decay_rule: DecayRule = DecayRule()
+    weight_decay_convention = _ConventionOfDecayRule()
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, *, foreach: bool | None = None) -> None:

@@ -32,14 +32,19 @@ def check_betas(betas: Any) -> None:
 class ScheduledOptimizer(Optimizer):
     """Optimizer base whose groups carry `initial_lr`, so eta_t = lr / initial_lr follows torch LR schedulers.
 
-    Subclasses define `_check_group(group)` and `_step_group(group, params, grads)`, and state two facts
-    that figures, conversions and config checks read from the class: `weight_decay_convention`
-    ("torch": the decay is scaled by lr; "paper": it is not, lambda_paper = lr * lambda_torch; None:
-    no weight decay) and `display_name` (the name figures show).
+    Subclasses define `_check_group(group)` and `_step_group(group, params, grads)`. Figures, conversions
+    and config checks read two facts from the class: `weight_decay_convention` ("torch": the decay is
+    scaled by lr; "paper": it is not, lambda_paper = lr * lambda_torch; None: no weight decay), which a
+    concrete class must state (an Adam variant's comes from its decay rule), and `display_name`, the
+    class's name unless it says otherwise.
     """
 
-    weight_decay_convention: str | None = "torch"
-    display_name: str = ""
+    display_name: str
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "display_name" not in cls.__dict__:
+            cls.display_name = cls.__name__
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)

@@ -33,7 +33,7 @@ class SGD(ScheduledOptimizer):
     """
 
     decoupled = False
-    display_name = "SGD"
+    weight_decay_convention = "torch"
 
     def __init__(self, params, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0,
                  *, foreach: bool | None = None) -> None:
@@ -73,4 +73,3 @@ class SGDW(SGD):
 
     decoupled = True
     weight_decay_convention = "paper"
-    display_name = "SGDW"

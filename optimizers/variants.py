@@ -9,8 +9,6 @@ class Adam(AdamCore):
     """w <- w - u_t. No weight decay: a group's `weight_decay` key, if any, is ignored."""
 
     decay_rule = DecayRule()
-    weight_decay_convention = None
-    display_name = "Adam"
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  *, foreach: bool | None = None) -> None:
@@ -21,30 +19,24 @@ class AdamL2(AdamCore):
     """g <- g + lambda*w, then Adam; == torch.optim.Adam(weight_decay=lambda)."""
 
     decay_rule = L2Penalty()
-    display_name = "AdamL2"
 
 
 class AdamW(AdamCore):
     """PyTorch form: w <- (1 - alpha*eta_t*lambda) w - u_t; == torch.optim.AdamW."""
 
     decay_rule = DecoupledDecay(scale_by_lr=True)
-    display_name = "AdamW"
 
 
 class DecoupledAdamW(AdamCore):
     """Paper form (Loshchilov & Hutter 2019): w <- (1 - eta_t*lambda) w - u_t; lambda_paper = alpha*lambda_torch."""
 
     decay_rule = DecoupledDecay(scale_by_lr=False)
-    weight_decay_convention = "paper"
-    display_name = "DecoupledAdamW"
 
 
 class ProxAdam(AdamCore):
     """Zhuang et al. 2022: w <- (w - u_t) / (1 + lambda*eta_t)."""
 
     decay_rule = ProximalDecay()
-    weight_decay_convention = "paper"
-    display_name = "ProxAdam"
 
 
 class AdamP(AdamCore):
@@ -54,4 +46,3 @@ class AdamP(AdamCore):
     """
 
     decay_rule = PreconditionedProximalDecay()
-    display_name = "AdamP"

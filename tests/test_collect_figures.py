@@ -468,3 +468,21 @@ def test_collect_reads_runs_back_from_their_wandb_files_as_from_their_folders(tm
     results = files[0]
     assert set(results["status"]) == {"finished"} and results["lr"].notna().all()
     assert results["data.fingerprint"].notna().all() and results["config_id"].nunique() == 2
+
+
+def test_figures_read_each_optimizers_convention_and_name_from_its_class(monkeypatch):
+    import optimizers
+    from optimizers.adam_core import AdamCore
+    from optimizers.decay_rules import ProximalDecay
+
+    class ProxAdamTomorrow(AdamCore):  # an optimizer added tomorrow: its decay rule says how lambda scales
+        decay_rule = ProximalDecay()
+
+    monkeypatch.setitem(optimizers.OPTIMIZERS, "proxadam_tomorrow", ProxAdamTomorrow)
+    assert lib.native_convention("proxadam_tomorrow") == "paper"
+    assert lib.display_name("proxadam_tomorrow") == "ProxAdamTomorrow"
+    assert lib.convert_weight_decay(5e-5, 1e-3, "proxadam_tomorrow", "torch") == pytest.approx(0.05)
+    for name, cls in optimizers.OPTIMIZERS.items():
+        assert lib.display_name(name) == cls.display_name and lib.native_convention(name) in ("torch", "paper")
+    with pytest.raises(lib.UnknownOptimizer, match="unknown optimizer 'adamq'.*adamw"):
+        lib.display_name("adamq")
