@@ -125,10 +125,12 @@ def method_columns(df: pd.DataFrame, exclude: tuple[str, ...] = (), split_by: tu
 
 
 def check_cells(df: pd.DataFrame, split_by: tuple[str, ...] = ()) -> None:
-    """MixedCell unless every method's lr x wd cell holds runs that differ in nothing but the seed.
+    """MixedCell unless the completed runs of every method's lr x wd cell (those its mean averages) differ in
+    nothing but the seed.
 
     With collect.py's config_id, any difference counts (every key that changes a run's result); a CSV
-    without it must at least have CORE_COLUMNS, and is checked on the columns it has.
+    without it must at least have CORE_COLUMNS, and is checked on the columns it has. Runs that did not
+    complete are only counted in their cells, so their (often partial) records are not compared.
     """
     missing = [c for c in split_by if c not in df.columns]
     if missing:
@@ -138,7 +140,7 @@ def check_cells(df: pd.DataFrame, split_by: tuple[str, ...] = ()) -> None:
         if lacking:
             raise MixedCell(f"the results lack {', '.join(lacking)} and config_id, so runs of different settings "
                             "cannot be told apart; collect them with scripts/collect.py")
-    placed = df.dropna(subset=["optimizer", "lr", "weight_decay"])
+    placed = completed_runs(df).dropna(subset=["optimizer", "lr", "weight_decay"])
     keys = method_columns(placed, split_by=split_by) + ["lr", "weight_decay"]
     id_column = "config_id" if "config_id" in placed.columns else None
     for key, cell in placed.groupby(keys, dropna=False):

@@ -157,7 +157,7 @@ def _draw_panel(ax, table: lib.HeatmapTable, key: dict, column: str, norm: Norma
                                        hatch="///", edgecolor="#555555", linewidth=0))
                 color = "black"
             elif np.ma.is_masked(shown[i, j]):
-                color = "#555555"
+                color = "#8b0000" if table.incomplete.iat[i, j] else "#555555"
             else:
                 color = _text_color(cmap(norm(data[i, j])))
             ax.text(j, i, text, ha="center", va="center", fontsize=7, color=color)
