@@ -220,6 +220,8 @@ def _train_candidates(members, summaries, candidates, locks, pack_dir, packed_in
     for k in ready:
         summaries[k] = run_files.read_json(members[k].run_dir / "summary.json")
     return summaries
+
+
 def _resume_states(members, summaries, candidates, pack_dir: Path, cache: CheckpointCache) -> dict:
     """Each candidate's resume state (experiments/checkpoints.py): from the checkpoint its summary names, its own
     single-run checkpoint, or this pack's."""
