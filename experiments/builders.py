@@ -70,18 +70,20 @@ def build_model(cfg: DictConfig, num_classes: int, device: torch.device) -> torc
     return model.to(device=device, memory_format=memory_format)
 
 
+# Keys of configs/optimizer/*.yaml that say how the run uses its optimizer, not how to construct it.
+RUN_KEYS = ("name", "exclude_norm_and_bias")
+
+
+def optimizer_constructor_cfg(opt_cfg: DictConfig) -> dict:
+    """The optimizer node without RUN_KEYS: `_target_` and its constructor's keyword arguments."""
+    return {k: v for k, v in OmegaConf.to_container(opt_cfg, resolve=True).items() if k not in RUN_KEYS}
+
+
 def build_optimizer(opt_cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """Instantiates optimizer._target_ over the model's parameter groups; other keys are its kwargs."""
-    cls = hydra.utils.get_class(opt_cfg._target_)
-    kwargs = {k: v for k, v in OmegaConf.to_container(opt_cfg, resolve=True).items() if k not in _NOT_KWARGS}
-    if "betas" in kwargs:
-        kwargs["betas"] = tuple(kwargs["betas"])
-    if opt_cfg.name == "adam":
-        kwargs.pop("weight_decay", None)
+    """Hydra instantiates optimizer._target_ as a partial, completed here with the model's parameter groups
+    (optimizer.exclude_norm_and_bias decides who gets no decay)."""
+    make = hydra.utils.instantiate(optimizer_constructor_cfg(opt_cfg), _partial_=True)
     groups = optimizers.param_groups(
         model, opt_cfg.weight_decay, exclude_norm_and_bias=opt_cfg.get("exclude_norm_and_bias", False)
     )
-    return cls(groups, **kwargs)
-
-
-_NOT_KWARGS = {"_target_", "name", "exclude_norm_and_bias"}
+    return make(groups)

@@ -1,8 +1,13 @@
 """Checks a run's config before any training starts, with one-line errors that say what to do."""
 from __future__ import annotations
 
+import importlib
+import inspect
+
+import torch
 from omegaconf import DictConfig
 
+from experiments.builders import optimizer_constructor_cfg
 from models import blocks_per_stage
 from optimizers import OPTIMIZERS
 
@@ -35,15 +40,43 @@ def _integer(key: str, value, least: int, example: str) -> None:
              f"{key} must be an integer >= {least} (got {value!r}); e.g. {example}")
 
 
+def _locate(path) -> object | None:
+    """module.attribute, or None (hydra.utils.get_class would log its failure as an ERROR first)."""
+    module, _, name = path.rpartition(".") if isinstance(path, str) else ("", "", "")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
+
+
+def _check_optimizer(opt: DictConfig) -> None:
+    """optimizer._target_ is an optimizer class that takes every other key, and is the class its name says."""
+    kwargs = optimizer_constructor_cfg(opt)
+    target = kwargs.pop("_target_", None)
+    cls = _locate(target)
+    _require(isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer),
+             f"optimizer._target_={target} is not an importable optimizer class; "
+             f"use optimizer=<one of {', '.join(OPTIMIZERS)}> or a torch.optim.Optimizer subclass")
+    known = OPTIMIZERS.get(opt.name)
+    _require(known is None or known is cls,
+             f"optimizer.name={opt.name} but optimizer._target_={target}; results would be labelled with the wrong "
+             f"method: choose the optimizer by its config group (optimizer={opt.name}) or give it a new name")
+    try:
+        inspect.signature(cls).bind(None, **kwargs)
+    except TypeError as exc:
+        accepted = [p for p in inspect.signature(cls).parameters if p != "params"]
+        raise ConfigError(f"optimizer keys do not fit {cls.__name__}({', '.join(accepted)}): {exc}") from None
+    with_decay = [name for name, c in OPTIMIZERS.items() if c.weight_decay_convention is not None]
+    _require(getattr(cls, "weight_decay_convention", "unknown") is not None or opt.weight_decay == 0,
+             f"optimizer={opt.name} has no weight decay; use one of {', '.join(with_decay)}, "
+             "or set optimizer.weight_decay=0")
+
+
 def check_config(cfg: DictConfig) -> None:
     opt, tr, data, sched = cfg.optimizer, cfg.trainer, cfg.data, cfg.schedule
     _number("optimizer.lr", opt.lr, "> 0", lambda v: v > 0, "optimizer.lr=1e-3")
     _number("optimizer.weight_decay", opt.weight_decay, ">= 0", lambda v: v >= 0, "optimizer.weight_decay=1e-4")
-    with_decay = [name for name, cls in OPTIMIZERS.items() if cls.weight_decay_convention is not None]
-    _require(OPTIMIZERS.get(opt.name) is None or OPTIMIZERS[opt.name].weight_decay_convention is not None
-             or opt.weight_decay == 0,
-             f"optimizer={opt.name} has no weight decay; use one of {', '.join(with_decay)}, "
-             "or set optimizer.weight_decay=0")
+    _check_optimizer(opt)
     _integer("trainer.epochs", tr.epochs, 1, "trainer.epochs=50")
     _integer("trainer.batch_size", tr.batch_size, 1, "trainer.batch_size=128")
     _require(tr.precision in PRECISIONS,

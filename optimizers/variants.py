@@ -6,12 +6,15 @@ from .decay_rules import DecayRule, DecoupledDecay, L2Penalty, PreconditionedPro
 
 
 class Adam(AdamCore):
-    """w <- w - u_t. No weight decay: a group's `weight_decay` key, if any, is ignored."""
+    """w <- w - u_t. No weight decay: `weight_decay` may only be 0, and a group's `weight_decay` key is ignored."""
 
     decay_rule = DecayRule()
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 *, foreach: bool | None = None) -> None:
+                 weight_decay: float = 0.0, *, foreach: bool | None = None) -> None:
+        if weight_decay != 0:
+            raise ValueError(f"Adam has no weight decay (got weight_decay={weight_decay}); use AdamL2, AdamW, "
+                             "DecoupledAdamW, ProxAdam or AdamP")
         super().__init__(params, lr, betas, eps, 0.0, foreach=foreach)
 
 
