@@ -19,12 +19,6 @@ from experiments.trainer import train_run
 
 log = logging.getLogger("experiments.train")
 
-# Hydra instantiates launchers only from the `hydra_plugins` namespace package; this folder holds
-# ours (launcher=packed), so it must be importable before Hydra scans for plugins.
-_PLUGINS = str(Path(__file__).resolve().parent / "launcher_plugins")
-if _PLUGINS not in sys.path:
-    sys.path.append(_PLUGINS)
-
 # An empty override list would give an empty folder name.
 OmegaConf.register_new_resolver("run_dirname", lambda overrides: overrides or "default", replace=True)
 

@@ -76,6 +76,8 @@ if ls .whl/*.whl >/dev/null 2>&1; then
         || { echo "error: installing the carried wheels failed; make them with scripts/device_bundle.sh"; exit 2; }
     export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
+# The repo is not installed there: its Hydra plugin (launcher=packed) joins the hydra_plugins namespace by path.
+export PYTHONPATH="$PWD/experiments/launcher_plugins${PYTHONPATH:+:$PYTHONPATH}"
 export DNM_DATA_ROOT=${DNM_DATA_ROOT:-$PWD/datasets/cifar10-jpeg}
 export DNM_CACHE_DIR="$WORK/cache" TORCHINDUCTOR_CACHE_DIR="$WORK/inductor" WANDB_MODE=disabled PYTHONUNBUFFERED=1
 RUNS="$WORK/outputs"

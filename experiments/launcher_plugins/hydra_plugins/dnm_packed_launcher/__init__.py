@@ -1,8 +1,8 @@
 """Hydra launcher `packed`: trains a sweep's grid points in packs, one process, one device.
 
-Hydra only instantiates launchers defined under the `hydra_plugins` namespace package;
-experiments/train.py puts experiments/launcher_plugins on sys.path so Hydra's plugin scan finds
-this one. The class lives in this module because Hydra registers plugins by their defining
+Hydra only instantiates launchers defined under the `hydra_plugins` namespace package. The
+distribution installs this folder as `hydra_plugins.dnm_packed_launcher` (pyproject.toml maps it;
+editable and regular installs alike), so Hydra's plugin discovery finds it. The class lives in this module because Hydra registers plugins by their defining
 module, which is what `_target_` (configs/hydra/launcher/packed.yaml) names. Kept free of torch
 imports: every `python -m experiments.train` scans plugins.
 """
