@@ -14,6 +14,7 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 from tqdm.auto import tqdm
 
+from experiments import preemption
 from experiments.pack_optimizer import PackOptimizer
 from experiments.packed_models import ModelPack
 
@@ -101,6 +102,7 @@ def train_epoch(step: TrainStep, loader, *, progress: bool = False, desc: str = 
         step(x, y)
         seen += y.shape[0]
         steps += 1
+        preemption.stop_if_noticed()
     device = step.loss_sum.device
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -1,10 +1,11 @@
-"""Hydra launcher `packed`: trains a sweep's grid points in packs, one process, one device.
+"""Hydra launcher `packed`: trains a sweep's grid points in packs, in this process or one submitit job per pack.
 
 Hydra only instantiates launchers defined under the `hydra_plugins` namespace package. The
 distribution installs this folder as `hydra_plugins.dnm_packed_launcher` (pyproject.toml maps it;
-editable and regular installs alike), so Hydra's plugin discovery finds it. The class lives in this module because Hydra registers plugins by their defining
-module, which is what `_target_` (configs/hydra/launcher/packed.yaml) names. Kept free of torch
-imports: every `python -m experiments.train` scans plugins.
+editable and regular installs alike), so Hydra's plugin discovery finds it. The class lives in this
+module because Hydra registers plugins by their defining module, which is what `_target_`
+(configs/hydra/launcher/packed.yaml) names. Kept free of torch imports: every
+`python -m experiments.train` scans plugins.
 """
 from __future__ import annotations
 
@@ -24,12 +25,17 @@ class PackedLauncher(Launcher):
     own (seeds mix in a pack; each member starts from its own seed).
     route: auto (vmap on CUDA for packs of 4 or more, loop otherwise), loop, streams, vmap or
     grouped (experiments/packed_models.py).
+    submitit: null (packs train one after another in this process), or hydra-submitit-launcher's
+    own launcher, configured as for launcher=slurm / submitit_local: each pack is then one submitit
+    job with those settings (configs/launcher/packed_slurm.yaml).
     """
 
-    def __init__(self, pack_size: Optional[int] = None, packed_init: str = "shared", route: str = "auto") -> None:
+    def __init__(self, pack_size: Optional[int] = None, packed_init: str = "shared", route: str = "auto",
+                 submitit: Optional[Launcher] = None) -> None:
         self.pack_size = pack_size
         self.packed_init = packed_init
         self.route = route
+        self.submitit = submitit
         self.config: Optional[DictConfig] = None
         self.task_function: Optional[TaskFunction] = None
         self.hydra_context: Optional[HydraContext] = None

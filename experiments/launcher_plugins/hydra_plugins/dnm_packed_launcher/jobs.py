@@ -156,6 +156,87 @@ def _run_pack(launcher, jobs: list[_Job], pack_dir: Path) -> list[str]:
     return failures
 
 
+class _PackJob:
+    """One pack as a submitit job. Requeued after a preemption or timeout (submitit calls `checkpoint`), it
+    starts again from the top and train_pack resumes every member from the pack checkpoint."""
+
+    def __init__(self, launcher, jobs: list[_Job], pack_dir: Path, singleton_state: dict) -> None:
+        self.launcher, self.jobs, self.pack_dir, self.singleton_state = launcher, jobs, pack_dir, singleton_state
+
+    def __call__(self) -> list[str]:
+        from hydra.core.singleton import Singleton
+
+        from experiments import preemption
+
+        Singleton.set_state(self.singleton_state)
+        setup_globals()
+        signum = preemption.notice_signal()
+        with preemption.deferred(signum) as submitit_handler:
+            try:
+                return _run_pack(self.launcher, self.jobs, self.pack_dir)
+            except preemption.Preempted:
+                log.warning("pack %s: preemption or timeout notice; stopped between two steps, handing over to "
+                            "submitit to requeue it", self.pack_dir.name)
+        if callable(submitit_handler):
+            submitit_handler(signum, None)  # checkpoint() and requeue, or end when no requeue is left: exits
+        raise preemption.Preempted("preempted outside a submitit job: run the same command again to resume")
+
+    def checkpoint(self, *args, **kwargs):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+def _executor(queue):
+    """A submitit executor set up from hydra-submitit-launcher's launcher `queue`, as that plugin sets up its own:
+    the same keys mean the same for launcher=slurm and launcher=packed_slurm."""
+    import submitit
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+
+    cluster = type(queue)._EXECUTOR
+    params = dict(queue.params)
+    init = {"folder": params.pop("submitit_folder")}
+    if "max_num_timeout" in params:
+        init[f"{cluster}_max_num_timeout"] = params.pop("max_num_timeout")
+    executor = submitit.AutoExecutor(cluster=cluster, **init)
+    shared = set(OmegaConf.structured(BaseQueueConf).keys())
+    executor.update_parameters(**{key if key in shared else f"{cluster}_{key}": value for key, value in params.items()})
+    return executor
+
+
+def _submit_packs(launcher, planned: list[tuple[list[_Job], Path]]) -> list[str]:
+    """Each pack one job of one submitit array; waits for all. A job that dies without writing its runs' records
+    (killed, out of memory, out of requeues) leaves them marked failed, naming the job's log."""
+    from hydra.core.singleton import Singleton
+
+    from experiments import run_files
+    from experiments.run_record import one_line, record_failure
+
+    executor = _executor(launcher.submitit)
+    with executor.batch():
+        handles = [executor.submit(_PackJob(launcher, pack_jobs, pack_dir, Singleton.get_state()))
+                   for pack_jobs, pack_dir in planned]
+    for handle, (pack_jobs, pack_dir) in zip(handles, planned):
+        log.info("Pack %s: submitit job %s", pack_dir.name, handle.job_id)
+    failures = []
+    for handle, (pack_jobs, pack_dir) in zip(handles, planned):
+        try:
+            failures += handle.result()
+        except Exception as exc:  # the job itself ended badly: its runs are marked, the other packs go on
+            message = f"pack job {handle.job_id} ended badly ({one_line(exc)}); its log: {handle.paths.stderr}"
+            log.error("pack %s: %s", pack_dir.name, message)
+            for job in pack_jobs:
+                m = job.member
+                summary = run_files.read_json(m.run_dir / "summary.json")
+                if not summary or summary.get("status") not in ("finished", "diverged", "failed"):
+                    record_failure(m.cfg, m.run_dir, m.run_name, message)
+                    failures.append(f"{m.run_name}: {message}")
+        for job in pack_jobs:
+            job.ret.status = JobStatus.COMPLETED
+            job.ret.return_value = _final_test_acc(run_files.read_json(job.member.run_dir / "summary.json"))
+    return failures
+
+
 def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
     from experiments.packed import check_pack_options, group_into_packs, pack_key, pack_name
     from experiments.run_record import record_failure
@@ -185,12 +266,18 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
     keys = [pack_key(job.member.cfg, launcher.packed_init) for job in ready]
     packs = group_into_packs(keys, launcher.pack_size)
     failures = [f"{job.member.run_name}: {job.error}" for job in jobs if job.error is not None]
+    planned = []
     for number, indices in enumerate(packs, start=1):
         pack_jobs = [ready[i] for i in indices]
         pack_dir = sweep_dir / ".packs" / pack_name([job.member.run_name for job in pack_jobs])
         log.info("Pack %d/%d (%s): %d runs", number, len(packs), pack_dir.name, len(pack_jobs))
-        failures += _run_pack(launcher, pack_jobs, pack_dir)
-        configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
+        planned.append((pack_jobs, pack_dir))
+    if launcher.submitit is not None:
+        failures += _submit_packs(launcher, planned)
+    else:
+        for pack_jobs, pack_dir in planned:
+            failures += _run_pack(launcher, pack_jobs, pack_dir)
+            configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
     if failures:
         # Every pack has run; the sweep still says, on stderr and in its exit code, that runs are missing.
         for line in failures:

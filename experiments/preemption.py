@@ -1,0 +1,49 @@
+"""A preemption notice (SLURM's signal through submitit) stops training between two steps, never inside one.
+
+submitit's own handler checkpoints and exits from inside the signal handler, i.e. at whatever line the
+training was on; a library's `finally` there can then fail and turn the exit into an ordinary error,
+and the job ends as failed instead of requeued. So a pack job lets the signal only leave a notice;
+training checks it after each step, raises Preempted (a KeyboardInterrupt: the engine records its runs
+as interrupted, as for Ctrl-C), and the job hands over to submitit's handler from there.
+"""
+from __future__ import annotations
+
+import os
+import signal
+from contextlib import contextmanager
+from typing import Iterator
+
+
+class Preempted(KeyboardInterrupt):
+    """A preemption or timeout notice arrived; the runs resume from their last epoch checkpoint."""
+
+
+_noticed = False
+
+
+def _notice(signum, frame) -> None:
+    global _noticed
+    _noticed = True
+
+
+def stop_if_noticed() -> None:
+    """Called between steps: a plain module-global read, no device work."""
+    if _noticed:
+        raise Preempted("preempted: resuming from the last epoch checkpoint when requeued")
+
+
+def notice_signal() -> signal.Signals:
+    """The signal submitit's jobs get before preemption or timeout (SUBMITIT_PREEMPT_SIGNAL, USR2 by default)."""
+    return getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"))
+
+
+@contextmanager
+def deferred(signum: int) -> Iterator:
+    """Inside, `signum` only leaves a notice; yields the handler it replaced, restored on the way out."""
+    global _noticed
+    _noticed = False
+    previous = signal.signal(signum, _notice)
+    try:
+        yield previous
+    finally:
+        signal.signal(signum, previous)
