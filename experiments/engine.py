@@ -11,8 +11,9 @@ run any other launcher began. Where the checkpoint goes and how it is laid out i
 one checkpoint for all members in its pack folder (experiments/packed.py); both formats are what
 they were before this driver existed, and each member's summary.json names the file holding it.
 
-W&B: a single run logs each epoch as it happens; a pack logs each member's whole history when the
-pack ends (W&B holds one live run per process), so an interrupted pack logs nothing until resumed.
+W&B: every member has its own live run (several in one process, wandb's reinit="create_new") and logs
+each epoch as it happens, so an interrupted pack leaves each member's history up to its last epoch; the
+resumed pack continues the same runs (a run id per run folder, resume="allow").
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import json
 import logging
 import os
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -241,8 +242,8 @@ def train_members(members: list[PackMember], store: Store, states: list[MemberSt
     lead, epochs = run.lead, run.epochs
     progress = show_progress(lead.trainer)
     live = len(trained) == 1
-    single = trained[0].spec
-    with (start_wandb(single.cfg, single.run_dir, single.run_name) if live else nullcontext(None)) as wandb_run:
+    with ExitStack() as wandb_stack:
+        wandb_runs = [_open_wandb(wandb_stack, member) for member in trained]
         try:
             for epoch in range(first_epoch, epochs + 1):
                 active = [m.status == "running" for m in trained]
@@ -262,8 +263,8 @@ def train_members(members: list[PackMember], store: Store, states: list[MemberSt
                     member.history.append({k: row[k] for k in METRIC_COLUMNS})
                     log_epoch(member.spec.run_name, epochs, row, extra=member.extra)
                     run_files.write_csv(member.spec.run_dir / "metrics.csv", member.history, METRIC_COLUMNS)
-                    if wandb_run is not None:
-                        wandb_run.log(row, step=epoch)
+                    if wandb_runs[i] is not None:
+                        wandb_runs[i].log(row, step=epoch)
                     if not is_finite(row):
                         member.status, member.diverged_epoch, member.end_wall = "diverged", epoch, run.wall()
                         log.warning("%s diverged at epoch %d (non-finite loss or weights); stopping this run%s",
@@ -292,31 +293,24 @@ def train_members(members: list[PackMember], store: Store, states: list[MemberSt
                     run.write_summary(member, "interrupted",
                                       error="interrupted; run the same command again to resume from the last epoch")
             raise
-        for member in trained:
+        for member, wandb_run in zip(trained, wandb_runs):
             if member.status == "running":
                 member.status, member.end_wall = "finished", run.wall()
             summary = run.write_summary(member, member.status)
-        if wandb_run is not None:
-            wandb_run.summary.update(wandb_summary_fields(summary))
-    if not live:
-        _log_to_wandb(trained)
-
-
-def _log_to_wandb(trained: list[MemberRecord]) -> None:
-    """Each member's W&B run with its whole history, one after another (one live W&B run per process)."""
-    for member in trained:
-        m = member.spec
-        summary = run_files.read_json(m.run_dir / "summary.json") or {}
-        try:
-            with start_wandb(m.cfg, m.run_dir, m.run_name) as wandb_run:
-                if wandb_run is None:
-                    continue
-                for row in member.history:
-                    wandb_run.log(row, step=row["epoch"])
+            if wandb_run is not None:
                 wandb_run.summary.update(wandb_summary_fields(summary))
-        except Exception as exc:  # the run's results are on disk; W&B is a copy
-            log.warning("%s: W&B logging failed (%s); metrics.csv and summary.json are complete", m.run_name,
-                        one_line(exc), extra=member.extra)
+
+
+def _open_wandb(stack: ExitStack, member: MemberRecord):
+    """The member's own live W&B run (several at once in one process), finished when `stack` closes; None with
+    logger=none or when W&B cannot start (the run's results are on disk, W&B is a copy)."""
+    m = member.spec
+    try:
+        return stack.enter_context(start_wandb(m.cfg, m.run_dir, m.run_name))
+    except Exception as exc:  # noqa: BLE001
+        log.warning("%s: W&B could not start (%s); training goes on, metrics.csv and summary.json are complete",
+                    m.run_name, one_line(exc), extra=member.extra)
+        return None
 
 
 def member_state_dicts(run: PackRun, k: int) -> dict:

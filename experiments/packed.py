@@ -17,8 +17,8 @@ runs in data order only.
 Throughput: a member's images_per_s (metrics.csv) is the rate of the shared batches, i.e. that
 member's own throughput; the pack's aggregate (that times the models trained) is in pack.json.
 
-W&B: one run per member, logged with its whole history once the member's pack ends (W&B holds
-one live run per process at a time); an interrupted pack logs nothing until it is resumed.
+W&B: one live run per member (experiments/engine.py), each epoch logged as it happens; a resumed pack
+continues the same runs.
 
 Member order: a new pack puts members with equal optimizer settings (all but lr and weight decay)
 next to each other, so that they step as one fused update; pack.json and the checkpoint list the

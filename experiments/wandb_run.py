@@ -53,7 +53,7 @@ def start_wandb(cfg: DictConfig, run_dir: Path, run_name: str):
     settings = dict(project=cfg.logger.project, entity=cfg.logger.entity, dir=str(run_dir), id=run_id,
                     resume="allow", group=str(cfg.sweep_id), name=run_name, tags=[str(cfg.name)],
                     config={**OmegaConf.to_container(cfg, resolve=True), "hparams": run_info.hparams(cfg)},
-                    reinit="finish_previous")
+                    reinit="create_new")  # a pack keeps one live run per member
     try:
         return wandb.init(mode=mode, **settings)
     except Exception as exc:  # noqa: BLE001 - no network, a bad key, a server down: the training must go on

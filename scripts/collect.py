@@ -395,44 +395,58 @@ def _json_items(items) -> dict:
 
 
 class OfflineRun:
-    """A W&B run read from its .wandb file, with the attributes of an API run that collect reads."""
+    """A W&B run read from its .wandb files, with the attributes of an API run that collect reads.
 
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.config, self.summary_metrics, self._history = {}, {}, []
-        self.state, self.id, self.name, self.group = "running", Path(path).stem.removeprefix("run-"), None, None
-        for record in wandb_file_records(path):
-            kind = record.WhichOneof("record_type")
-            if kind == "run":
-                self.id, self.name, self.group = record.run.run_id, record.run.display_name, record.run.run_group
-                self.config.update(_json_items(record.run.config.update))
-            elif kind == "config":
-                self.config.update(_json_items(record.config.update))
-            elif kind == "summary":
-                self.summary_metrics.update(_json_items(record.summary.update))
-            elif kind == "history":
-                self._history.append(_json_items(record.history.item))
-            elif kind == "exit":
-                self.state = "finished" if record.exit.exit_code == 0 else "failed"
+    A run resumed in a later process (same run id, resume="allow") gets one more file per process; they
+    are read in order, and a step logged again (a run that started over) keeps its latest values.
+    """
+
+    def __init__(self, paths: str | os.PathLike | Iterable[str | os.PathLike]) -> None:
+        paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+        self.config, self.summary_metrics, steps = {}, {}, {}
+        self.state, self.id, self.name, self.group = "running", Path(paths[0]).stem.removeprefix("run-"), None, None
+        for path in paths:
+            for record in wandb_file_records(path):
+                kind = record.WhichOneof("record_type")
+                if kind == "run":
+                    self.id, self.name, self.group = record.run.run_id, record.run.display_name, record.run.run_group
+                    self.config.update(_json_items(record.run.config.update))
+                elif kind == "config":
+                    self.config.update(_json_items(record.config.update))
+                elif kind == "summary":
+                    self.summary_metrics.update(_json_items(record.summary.update))
+                elif kind == "history":
+                    row = _json_items(record.history.item)
+                    steps.pop(row.get("_step"), None)  # re-inserted last: rows stay in the order they were logged
+                    steps[row.get("_step", len(steps))] = row
+                elif kind == "exit":
+                    self.state = "finished" if record.exit.exit_code == 0 else "failed"
+        self._history = list(steps.values())
 
     def history(self, pandas: bool = True) -> pd.DataFrame:
         return pd.DataFrame(self._history)
+
+
+def wandb_run_files(run_dir: Path) -> list[Path]:
+    """A run folder's .wandb files, oldest first: one per process that logged it (a resumed run adds one)."""
+    return sorted((run_dir / "wandb").glob("*run-*/run-*.wandb"), key=lambda p: (p.stat().st_mtime, p.parent.name))
 
 
 def collect_wandb_files(sweep_dirs: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(results, curves) from the W&B run files in the run folders (offline runs, or online ones not synced)."""
     files = []
     for run_dir in find_run_dirs(sweep_dirs):
-        found = sorted((run_dir / "wandb").glob("*run-*/run-*.wandb"), key=lambda p: p.stat().st_mtime)
+        found = wandb_run_files(run_dir)
         if not found:
             _warn(f"collect: {display_path(run_dir)} has no W&B run file; marked {UNREADABLE}")
             continue
-        files.append(found[-1])  # a resumed run appends to its latest file
+        files.append(found)
     runs = []
-    for path in files:
+    for paths in files:
         try:
-            runs.append(OfflineRun(path))
+            runs.append(OfflineRun(paths))
         except SkippedRun as e:
-            _warn(f"collect: skipping {path}: {e}")
+            _warn(f"collect: skipping {display_path(paths[0].parents[2])}: {e}")
     rows, curves = rows_from_wandb_runs(runs, "wandb-file")
     if not rows:
         raise NoRunsFound(f"no readable W&B run file under {', '.join(map(str, sweep_dirs))}")
