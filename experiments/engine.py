@@ -35,13 +35,13 @@ from experiments.builders import (
     build_model,
     build_optimizer,
     load_data,
-    pick_device,
     setup_cudnn,
     setup_host_memory,
     setup_precision,
 )
 from experiments.checkpoints import MemberState
 from experiments.config_checks import check_data_fits, compile_mode
+from experiments.device_slots import training_device
 from experiments.epoch import TrainStep, evaluate, train_epoch
 from experiments.pack_optimizer import PackOptimizer
 from experiments.packed_models import ModelPack, default_route
@@ -140,7 +140,11 @@ class PackRun:
         cfgs = [m.cfg for m in members]
         lead = cfgs[0]
         self.lead = lead
-        self.device = pick_device(lead.trainer.device)
+        self.device, self.device_claim = training_device(lead.trainer.device)
+        if self.device_claim is not None:
+            torch.cuda.set_device(self.device)  # compiled graphs and cuDNN's handles go to this GPU too
+            log.info("%s on %s, the least busy of %d visible GPUs", "pack" if len(members) > 1 else "run",
+                     self.device, torch.cuda.device_count())
         setup_host_memory(lead.trainer, self.device)
         setup_cudnn(lead.trainer, self.device)
         self.autocast = setup_precision(lead.trainer.precision, self.device)
@@ -228,6 +232,14 @@ def train_members(members: list[PackMember], store: Store, states: list[MemberSt
     members = [members[i] for i in order]
     states = [states[i] for i in order] if states is not None else None
     run = PackRun(members, route=route, base_dir=base_dir)
+    try:
+        _train(run, store, states, heartbeat)
+    finally:
+        if run.device_claim is not None:
+            run.device_claim.release()
+
+
+def _train(run: PackRun, store: Store, states: list[MemberState] | None, heartbeat) -> None:
     trained = run.members
     first_epoch = 1
     if states is not None:
