@@ -105,14 +105,14 @@ def test_a_preempted_pack_is_requeued_and_ends_as_an_uninterrupted_pack(tmp_path
 
 def test_a_pack_job_that_is_killed_marks_its_runs_failed_and_the_other_pack_finishes(tmp_path):
     sweep = tmp_path / "sweep"
-    grid = [g.replace("trainer.epochs=2", "trainer.epochs=30").replace("data.train_size=128", "data.train_size=512")
+    grid = [g.replace("trainer.epochs=2", "trainer.epochs=12").replace("data.train_size=128", "data.train_size=256")
             for g in GRID]
     driver = subprocess.Popen([sys.executable, "-m", "experiments.train", *grid, "hydra.launcher.pack_size=2",
                                "launcher=packed_submitit_local", "hydra.launcher.submitit.timeout_min=10",
                                f"hydra.sweep.dir={sweep}"], cwd=REPO, env=cli_env(tmp_path),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for(lambda: len(_task_pids(sweep)) == 2 and any(sweep.glob("*/metrics.csv")), 300, "both pack jobs")
+        _wait_for(lambda: len(list(sweep.glob(".packs/*/checkpoint.pt"))) == 2, 300, "both packs' first epoch")
         os.kill(_task_pids(sweep)[0], signal.SIGKILL)  # out of memory, say: no handler runs
         stdout, stderr = driver.communicate(timeout=900)
     finally:
@@ -126,6 +126,15 @@ def test_a_pack_job_that_is_killed_marks_its_runs_failed_and_the_other_pack_fini
     for s in failed:
         assert "pack job" in s["error"] and "_log.err" in s["error"]
     assert stderr.strip().splitlines()[-1].startswith("error: 2 of 4 runs of this sweep failed")
+    # Relaunched, the killed pack resumes from its checkpoint and the finished one is skipped.
+    again = subprocess.run([sys.executable, "-m", "experiments.train", *grid, "hydra.launcher.pack_size=2",
+                            "launcher=packed_submitit_local", f"hydra.sweep.dir={sweep}"], cwd=REPO,
+                           env=cli_env(tmp_path), capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert set(statuses(sweep).values()) == {"finished"}
+    pack_logs = "".join(p.read_text() for p in (sweep / ".packs").glob("*/*.log"))
+    assert "resuming after epoch" in pack_logs
+    assert "".join(p.read_text() for p in sweep.glob("*/*.log")).count("already finished, skipping") == 2
 
 
 def test_packed_slurm_renders_one_sbatch_array_task_per_pack_with_the_slurm_settings(tmp_path):
