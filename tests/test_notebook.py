@@ -40,3 +40,9 @@ def test_notebook_draws_figures_without_errors(executed_notebook):
     assert len(images) >= 3, f"expected at least 3 figures, got {len(images)}"
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert str(FIXTURE) in text, "the notebook did not use the results CSV it was given"
+    # The claims section: the table scripts/claims.py writes, with a verdict for every claim.
+    tables = [o.data["text/markdown"] for o in outputs if o.output_type == "display_data" and "text/markdown" in o.data]
+    assert len(tables) == 1 and "| claim | rule | numbers | verdict |" in tables[0]
+    assert tables[0].count("**holds**") + tables[0].count("**does not hold**") + tables[0].count("**cannot be judged**") \
+        == tables[0].count("\n| ") - 1
+
