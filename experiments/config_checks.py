@@ -79,6 +79,8 @@ def check_config(cfg: DictConfig) -> None:
     _check_optimizer(opt)
     _integer("trainer.epochs", tr.epochs, 1, "trainer.epochs=50")
     _integer("trainer.batch_size", tr.batch_size, 1, "trainer.batch_size=128")
+    _integer("trainer.magnitude_stats_every", tr.get("magnitude_stats_every", 0), 0,
+             "trainer.magnitude_stats_every=100 (0 = off)")
     _require(tr.precision in PRECISIONS,
              f"trainer.precision must be one of {', '.join(PRECISIONS)} (got {tr.precision})")
     compile_setting = tr.get("compile", False)

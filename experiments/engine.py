@@ -30,7 +30,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from data import DeviceLoader
-from experiments import run_files
+from experiments import layer_stats, run_files
 from experiments.builders import (
     build_model,
     build_optimizer,
@@ -43,6 +43,7 @@ from experiments.checkpoints import MemberState
 from experiments.config_checks import check_data_fits, compile_mode
 from experiments.device_slots import training_device
 from experiments.epoch import TrainStep, evaluate, train_epoch
+from experiments.layer_stats import LayerStats
 from experiments.pack_optimizer import PackOptimizer
 from experiments.packed_models import ModelPack, default_route
 from experiments.run_identity import cached_fingerprint
@@ -79,6 +80,8 @@ class MemberRecord:
         self.diverged_epoch: int | None = None
         self.end_wall: float | None = None
         self.checkpoint: Path | None = None  # the file that holds this member after its last epoch
+        self.magnitudes: list[dict] = []  # trainer.magnitude_stats_every: rows of magnitudes.csv, step_sizes.csv
+        self.step_sizes: list[dict] = []
 
     @property
     def extra(self) -> dict:
@@ -161,6 +164,8 @@ class PackRun:
         self.epochs = int(lead.trainer.epochs)
         self.optimizer = PackOptimizer(self.pack, optimizers, lead.schedule, len(self.train_loader), self.epochs)
         self.step = TrainStep(self.pack, self.optimizer, [float(cfg.loss_multiplier) for cfg in cfgs], self.autocast)
+        every = int(lead.trainer.get("magnitude_stats_every") or 0)
+        self.stats = LayerStats(self.pack, every) if every else None
         if self.compile is not None:
             self.step.compile(self.compile)
         self.data = {"fingerprint": cached_fingerprint(lead, base_dir, dataset), "train_images": len(dataset.train_y),
@@ -246,6 +251,12 @@ def _train(run: PackRun, store: Store, states: list[MemberState] | None, heartbe
         first_epoch = run.restore(states) + 1
         sources = sorted({str(s.source) for s in states})
         log.info("%s: resuming after epoch %d from %s", store.label, first_epoch - 1, ", ".join(sources))
+    if run.stats is not None:
+        steps_per_epoch = len(run.train_loader)
+        run.stats.steps_seen = (first_epoch - 1) * steps_per_epoch  # the same steps are recorded when resumed
+        for member in trained:
+            member.magnitudes = layer_stats.read_rows(member.spec.run_dir / "magnitudes.csv", first_epoch)
+            member.step_sizes = layer_stats.read_rows(member.spec.run_dir / "step_sizes.csv", first_epoch)
     for member in trained:
         run_files.atomic_write_text(member.spec.run_dir / "config.yaml", OmegaConf.to_yaml(member.spec.cfg,
                                                                                           resolve=True))
@@ -264,9 +275,12 @@ def _train(run: PackRun, store: Store, states: list[MemberState] | None, heartbe
                 run.step.set_active(active)
                 run.train_loader.set_epoch(epoch)
                 desc = f"epoch {epoch}/{epochs}" if live else f"pack epoch {epoch}/{epochs}"
-                train_rows = train_epoch(run.step, run.train_loader, progress=progress, desc=desc)
+                if run.stats is not None:
+                    run.stats.reset()
+                train_rows = train_epoch(run.step, run.train_loader, progress=progress, desc=desc, stats=run.stats)
                 test_rows = evaluate(run.pack, run.test_loader, autocast=run.autocast)
                 norms = run.pack.model_norms().tolist()
+                stats_rows = run.stats.member_rows(epoch) if run.stats is not None else None
                 for i, member in enumerate(trained):
                     if not active[i]:
                         continue
@@ -275,8 +289,20 @@ def _train(run: PackRun, store: Store, states: list[MemberState] | None, heartbe
                     member.history.append({k: row[k] for k in METRIC_COLUMNS})
                     log_epoch(member.spec.run_name, epochs, row, extra=member.extra)
                     run_files.write_csv(member.spec.run_dir / "metrics.csv", member.history, METRIC_COLUMNS)
+                    logged = row
+                    if stats_rows is not None:
+                        magnitudes, step_sizes = stats_rows[i]
+                        member.magnitudes += magnitudes
+                        member.step_sizes += step_sizes
+                        layer_stats.write_rows(member.spec.run_dir / "magnitudes.csv", member.magnitudes,
+                                               layer_stats.MAGNITUDE_COLUMNS)
+                        layer_stats.write_rows(member.spec.run_dir / "step_sizes.csv", member.step_sizes,
+                                               layer_stats.STEP_SIZE_COLUMNS)
+                        if wandb_runs[i] is not None:
+                            logged = {**row, **layer_stats.wandb_histograms(magnitudes),
+                                      **{f"relative_update/{r['layer']}": r["relative_update"] for r in step_sizes}}
                     if wandb_runs[i] is not None:
-                        wandb_runs[i].log(row, step=epoch)
+                        wandb_runs[i].log(logged, step=epoch)
                     if not is_finite(row):
                         member.status, member.diverged_epoch, member.end_wall = "diverged", epoch, run.wall()
                         log.warning("%s diverged at epoch %d (non-finite loss or weights); stopping this run%s",

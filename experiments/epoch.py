@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from experiments import preemption
+from experiments.layer_stats import LayerStats
 from experiments.pack_optimizer import PackOptimizer
 from experiments.packed_models import ModelPack
 
@@ -85,7 +86,8 @@ def _begin_step(compiled_with_graphs: bool) -> None:
         torch.compiler.cudagraph_mark_step_begin()
 
 
-def train_epoch(step: TrainStep, loader, *, progress: bool = False, desc: str = "") -> list[dict[str, float]]:
+def train_epoch(step: TrainStep, loader, *, progress: bool = False, desc: str = "",
+                stats: LayerStats | None = None) -> list[dict[str, float]]:
     """Trains every active member on each batch of `loader`; returns one dict per member.
 
     images_per_s is the rate of the shared batches, i.e. each member's own throughput (a pack's
@@ -99,7 +101,12 @@ def train_epoch(step: TrainStep, loader, *, progress: bool = False, desc: str = 
     start = time.perf_counter()
     for x, y in tqdm(loader, desc=desc, disable=not progress, leave=False, file=sys.stderr):
         _begin_step(graphs)
+        record = stats is not None and stats.due()
+        if record:  # trainer.magnitude_stats_every: outside the (compiled) step, on the device
+            stats.before_step([step.optimizer.lr(k) for k in range(pack.size)])
         step(x, y)
+        if record:
+            stats.after_step()
         seen += y.shape[0]
         steps += 1
         preemption.stop_if_noticed()

@@ -59,6 +59,7 @@ from experiments.builders import pick_device, setup_precision  # noqa: E402
 from experiments.config_checks import COMPILE_MODES  # noqa: E402
 from experiments.cpu_memory import keep_freed_memory  # noqa: E402
 from experiments.epoch import TrainStep, train_epoch  # noqa: E402
+from experiments.layer_stats import LayerStats  # noqa: E402
 from experiments.pack_optimizer import PackOptimizer  # noqa: E402
 from experiments.packed_models import ROUTES, ModelPack, default_route  # noqa: E402
 from experiments.run_files import write_json  # noqa: E402
@@ -137,6 +138,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--route", default=None, help="one route for the --ks packs (same as --routes ROUTE)")
     p.add_argument("--packs", default="", help="more packs as K:ROUTE[:MODE], e.g. 24:grouped:reduce-overhead")
     p.add_argument("--processes", default="", help="also time N concurrent single-run processes, for each N given")
+    p.add_argument("--magnitude-stats-every", default="",
+                   help="also time the single run with trainer.magnitude_stats_every=N, for each N given (e.g. 100)")
     p.add_argument("--depth", type=int, default=20)
     p.add_argument("--batch-norm", action="store_true", help="ResNet with BatchNorm (default: off, as the post)")
     p.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32")
@@ -158,6 +161,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if bad:
         raise BenchmarkError(f"--compile takes {', '.join(COMPILE_MODES)} (got {bad[0]!r})")
     args.processes = _int_list(args.processes, "--processes", "2,4") if args.processes.strip() else []
+    args.magnitude_stats_every = (_int_list(args.magnitude_stats_every, "--magnitude-stats-every", "100")
+                                  if args.magnitude_stats_every.strip() else [])
     args.pack_specs = _pack_specs(args)
     if args.min_time is not None and args.min_time < 0:
         raise BenchmarkError(f"--min-time must be >= 0 seconds (got {args.min_time})")
@@ -259,7 +264,8 @@ def images_and_seconds(row: dict, models_trained: int = 1) -> tuple[float, float
 GRID = list(itertools.product((1e-4, 3e-4, 1e-3), (1e-5, 1e-4, 1e-3, 1e-2)))
 
 
-def engine_pipeline(args, ds, device, autocast, *, members: int, route: str, mode: str | None):
+def engine_pipeline(args, ds, device, autocast, *, members: int, route: str, mode: str | None,
+                    stats_every: int = 0):
     """What the engine trains (experiments/engine.py): a pack of `members` on one shared loader; K = 1 on the
     loop route is exactly a single run."""
     stream = device_loader(args, ds, device)
@@ -271,9 +277,12 @@ def engine_pipeline(args, ds, device, autocast, *, members: int, route: str, mod
     step = TrainStep(pack, PackOptimizer(pack, opts, CONSTANT, 10**9, 1), [1.0] * members, autocast)
     if mode is not None:
         step.compile(mode)
+    stats = LayerStats(pack, stats_every) if stats_every else None  # trainer.magnitude_stats_every
 
     def steps(n: int) -> tuple[float, float]:
-        rows = train_epoch(step, stream.take(n))
+        if stats is not None:
+            stats.reset()
+        rows = train_epoch(step, stream.take(n), stats=stats)
         return images_and_seconds(rows[0], members)  # aggregate: every member trained on every image
 
     return steps
@@ -442,6 +451,11 @@ def run(args) -> dict:
         name = f"single_{mode}"
         pipelines[name] = engine_pipeline(args, ds, device, autocast, members=1, route="loop", mode=mode)
         kinds[name] = {"kind": "single", "members": 1, "route": "loop", "compile": mode}
+    for every in args.magnitude_stats_every:
+        name = f"single_stats_{every}"
+        pipelines[name] = engine_pipeline(args, ds, device, autocast, members=1, route="loop", mode=None,
+                                          stats_every=every)
+        kinds[name] = {"kind": "single", "members": 1, "route": "loop", "compile": None, "stats_every": every}
     for k, route, mode in args.pack_specs:
         resolved = pack_route(args, device, k, route)
         name = pack_pipeline_name(k, resolved, mode)
@@ -498,6 +512,9 @@ def run(args) -> dict:
                                   if kinds[name]["kind"] in ("pack", "processes")},
         "compile_speedup": {kinds[name]["compile"]: m / single for name, m in median.items()
                             if kinds[name]["kind"] == "single" and kinds[name]["compile"]},
+        # trainer.magnitude_stats_every=N: the single run's images/s lost to recording, 0.03 = 3%.
+        "magnitude_stats_cost": {str(kinds[name]["stats_every"]): 1 - m / single for name, m in median.items()
+                                 if kinds[name].get("stats_every")},
         "roofline": {"step_flops": flops, "matmul_flops_per_s": peak, "images_per_s_bound": bound,
                      "bound_vs_reference": bound / plain_reference if plain_reference else None,
                      "fraction_of_bound": {name: m / bound for name, m in median.items()}},
@@ -536,7 +553,8 @@ def table(results: dict) -> str:
         if kind["kind"] == "reference":
             return "reference (DataLoader+PIL, AdamW foreach=False)"
         if kind["kind"] == "single":
-            return f"single run (DeviceLoader, fused AdamW{mode})"
+            stats = f", magnitude stats every {kind['stats_every']} steps" if kind.get("stats_every") else ""
+            return f"single run (DeviceLoader, fused AdamW{mode}{stats})"
         if kind["kind"] == "processes":
             return f"{kind['members']} single-run processes at once"
         return f"packed K={kind['members']} ({kind['route']}{mode})"

@@ -107,7 +107,8 @@ torchvision.__version__, torch.cuda.get_device_name(0), torch.backends.cudnn.ver
     bench)
         # shellcheck disable=SC2206
         args=(${BENCH_ARGS:---ks 4,12,24 --routes loop,streams,vmap,grouped --compile reduce-overhead
-              --packs 24:grouped:reduce-overhead --processes 4 --steps 20 --warmup 5 --rounds 2 --min-time 1})
+              --packs 24:grouped:reduce-overhead --processes 4 --magnitude-stats-every 100 --steps 20 --warmup 5
+              --rounds 2 --min-time 1})
         run_stage bench 120 python3 scripts/benchmark.py --device "$DEVICE" "${args[@]}" --json "$OUT/bench.json"
         ;;
     precision)
