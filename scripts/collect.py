@@ -266,6 +266,62 @@ def collect_runs(sweep_dirs: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame,
     return results_frame(rows), curves_frame(curves)
 
 
+# trainer.magnitude_stats_every's per-run tables (experiments/layer_stats.py), collected beside the results.
+LAYER_TABLES = ("magnitudes", "step_sizes")
+
+
+def layer_table_path_for(results_csv: str | os.PathLike, table: str) -> Path:
+    """results/NAME.csv -> results/NAME_magnitudes.csv / NAME_step_sizes.csv."""
+    p = Path(results_csv)
+    return p.with_name(f"{p.stem}_{table}.csv")
+
+
+def _wide_layer_table(table: str, frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per epoch (and quantity): magnitudes of the whole model as one column per power-of-2 bin,
+    step sizes as one column per layer. The per-layer counts stay in each run folder's magnitudes.csv."""
+    if table == "magnitudes":
+        whole = frame[frame["layer"] == "all"]
+        wide = whole.pivot_table(index=["epoch", "quantity"], columns="exponent", values="count", aggfunc="sum",
+                                 fill_value=0)
+        bins = sorted((c for c in wide.columns if str(c) != "zero"), key=int)
+        return wide.reindex(columns=[c for c in ["zero"] if c in wide.columns] + bins).reset_index()
+    out = []
+    for column in ("relative_update", "weight_norm"):
+        wide = frame.pivot_table(index="epoch", columns="layer", values=column, aggfunc="first", sort=False)
+        out.append(wide.rename(columns=lambda layer: f"{column}/{layer}"))
+    return pd.concat(out, axis=1).reset_index()
+
+
+def collect_layer_tables(sweep_dirs: Iterable[str | os.PathLike], results: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Every run's magnitudes.csv and step_sizes.csv (wide, see _wide_layer_table) with its identifying columns
+    in front; only the tables that some run has (runs recorded without trainer.magnitude_stats_every have none)."""
+    rows = {r["run_dir"]: r for r in results.to_dict("records")}
+    found: dict[str, list[pd.DataFrame]] = {table: [] for table in LAYER_TABLES}
+    for run_dir in find_run_dirs(sweep_dirs):
+        row = rows.get(display_path(run_dir))
+        if row is None or row.get("status") == UNREADABLE:
+            continue
+        for table in LAYER_TABLES:
+            path = run_dir / f"{table}.csv"
+            if not path.exists():
+                continue
+            try:
+                frame = _wide_layer_table(table, pd.read_csv(path, dtype={"exponent": str}))
+            except (OSError, ValueError, KeyError) as e:
+                _warn(f"collect: {display_path(path)} is unreadable ({type(e).__name__}); left out of {table}")
+                continue
+            ids = pd.DataFrame({c: [row.get(c)] * len(frame) for c in CURVE_ID_COLUMNS if c != "run_name"},
+                               index=frame.index)
+            found[table].append(pd.concat([ids, frame], axis=1))
+    out = {table: pd.concat(frames, ignore_index=True) for table, frames in found.items() if frames}
+    if "magnitudes" in out:  # runs differ in which bins they reach: absent = no value there
+        frame = out["magnitudes"]
+        bins = sorted((c for c in frame.columns if c.lstrip("-").isdigit()), key=int)
+        counts = frame[["zero", *bins] if "zero" in frame.columns else bins].fillna(0).astype("int64")
+        out["magnitudes"] = pd.concat([frame[[c for c in frame.columns if c not in counts.columns]], counts], axis=1)
+    return out
+
+
 def results_frame(rows: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     extra = [c for c in df.columns if c not in RESULT_COLUMNS]
@@ -482,6 +538,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for path in write_results(results, curves, args.output):
         print(path)
+    if not (args.wandb_project or args.from_wandb_files):
+        for table, frame in collect_layer_tables(args.sweep_dirs, results).items():
+            print(write_csv_atomically(frame, layer_table_path_for(args.output, table)))
     counts = results["status"].value_counts().to_dict()
     _warn(f"collect: {len(results)} runs ({', '.join(f'{n} {s}' for s, n in counts.items())})")
     return 0

@@ -46,7 +46,7 @@ _SCRIPTS_DIR = str(Path(__file__).resolve().parent)
 if _SCRIPTS_DIR not in sys.path:  # so that `figures` imports its siblings however it was loaded
     sys.path.insert(0, _SCRIPTS_DIR)
 import figure_lib as lib  # noqa: E402  (sibling module; scripts/ is not a package)
-from collect import curves_path_for, run_files, write_csv_atomically  # noqa: E402
+from collect import curves_path_for, layer_table_path_for, run_files, write_csv_atomically  # noqa: E402
 
 CMAP = "viridis"
 CAPTION_FONTSIZE = 7
@@ -413,6 +413,121 @@ def plot_scale_free(df: pd.DataFrame, metric: str = "test_acc") -> Figure | None
     return fig
 
 
+# ---------------------------------------------------------------- magnitudes and step sizes
+
+MAGNITUDE_METHODS = ("adaml2", "adamw", "decoupled_adamw", "proxadam", "adamp")
+QUANTITY_TITLES = {"param": "|w|", "grad": "|g| (of c x loss)", "update": "|w_t - w_{t-1}|",
+                   "update_per_lr": "|w_t - w_{t-1}| / (alpha eta_t)"}
+
+
+def _best_runs(df: pd.DataFrame, metric: str) -> dict[tuple, pd.DataFrame]:
+    """{(optimizer, batch_norm): the completed runs of its best (lr, wd) by seed-mean final `metric`}."""
+    column = lib.metric_column(df, metric)
+    done = lib.completed_runs(df)
+    done = done[done["optimizer"].isin(MAGNITUDE_METHODS)]
+    out = {}
+    bn = done["batch_norm"] if "batch_norm" in done.columns else pd.Series(None, index=done.index)
+    for (opt, batch_norm), runs in done.groupby([done["optimizer"], bn], dropna=False, sort=False):
+        means = runs.groupby(["lr", "weight_decay"])[column].mean().dropna()
+        if means.empty:
+            continue
+        lr, wd = means.idxmax() if lib.higher_is_better(metric) else means.idxmin()
+        out[opt, batch_norm] = runs[(runs["lr"] == lr) & (runs["weight_decay"] == wd)]
+    order = {name: i for i, name in enumerate(MAGNITUDE_METHODS)}
+    return dict(sorted(out.items(), key=lambda item: (str(item[0][1]), order[item[0][0]])))
+
+
+def _bn_label(value) -> str:
+    return "" if pd.isna(value) else ("BN on" if lib.as_bool(value) else "BN off")
+
+
+def plot_magnitudes(df: pd.DataFrame, magnitudes: pd.DataFrame, quantity: str = "update",
+                    metric: str = "test_acc") -> Figure | None:
+    """Zhuang et al.'s histograms: the share of a quantity's entries by power-of-2 bin, whole model, each method at
+    its best (lr, wd), at the first, middle and last recorded epoch (columns), BN off / on (rows); the mean share
+    over seeds. None when the runs recorded no magnitudes (trainer.magnitude_stats_every=0)."""
+    rows = magnitudes[magnitudes["quantity"] == quantity]
+    best = {key: runs for key, runs in _best_runs(df, metric).items() if runs["run_dir"].isin(rows["run_dir"]).any()}
+    if rows.empty or not best:
+        return None
+    epochs = sorted(rows["epoch"].unique())
+    chosen = sorted({epochs[0], epochs[len(epochs) // 2], epochs[-1]})
+    bns = list(dict.fromkeys(key[1] for key in best))
+    bins = sorted((c for c in rows.columns if c.lstrip("-").isdigit()), key=int)
+    fig = Figure(figsize=(4.2 * len(chosen), 3.2 * len(bns)), layout="constrained")
+    axes = fig.subplots(len(bns), len(chosen), squeeze=False, sharex=True)
+    for (opt, bn), runs in best.items():
+        mine = rows[rows["run_dir"].isin(runs["run_dir"])]
+        r0 = runs.iloc[0]
+        label = f"{lib.display_name(opt)} (lr {lib.format_hparam(r0.lr)}, wd {lib.format_hparam(r0.weight_decay)})"
+        for j, epoch in enumerate(chosen):
+            ax = axes[bns.index(bn), j]
+            counts = mine[mine["epoch"] == epoch][["zero", *bins] if "zero" in mine.columns else bins]
+            if counts.empty:
+                continue
+            share = counts.div(counts.sum(axis=1), axis=0).mean(axis=0)
+            ax.step([int(b) for b in bins], share[bins].to_numpy(), where="mid", label=label)
+            ax.set_title(f"{_bn_label(bn)}, epoch {epoch}".strip(", "), fontsize=9)
+    for ax in axes.flat:
+        ax.set_xlabel("log2 of the magnitude")
+        ax.grid(alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("share of entries")
+    axes[0, -1].legend(fontsize=7)
+    seeds = max(len(runs) for runs in best.values())
+    fig.suptitle(f"Orders of magnitude of {QUANTITY_TITLES.get(quantity, quantity)}, whole model, each method at its "
+                 f"best (lr, wd); mean over {seeds} seed(s)", fontsize=10)
+    return fig
+
+
+def plot_step_sizes(df: pd.DataFrame, step_sizes: pd.DataFrame, metric: str = "test_acc") -> Figure | None:
+    """Relative update size ||w_t - w_{t-1}|| / ||w_{t-1}|| per epoch (log y): the median over the convolution and
+    linear weights and, shaded, their spread (min to max), for each method at its best (lr, wd); BN off / on as
+    panels. With BN the scale-invariant weights shrink under decay and their relative steps grow (Zhang et al.
+    2019's effective learning rate). None when the runs recorded no step sizes."""
+    best = {key: runs for key, runs in _best_runs(df, metric).items()
+            if runs["run_dir"].isin(step_sizes["run_dir"]).any()}
+    if step_sizes.empty or not best:
+        return None
+    weights = [c for c in step_sizes.columns if c.startswith("relative_update/") and c.endswith(".weight")
+               and ".bn" not in c and not c.startswith("relative_update/bn")]
+    bns = list(dict.fromkeys(key[1] for key in best))
+    fig = Figure(figsize=(5.5 * len(bns), 3.8), layout="constrained")
+    axes = fig.subplots(1, len(bns), squeeze=False, sharey=True)[0]
+    for (opt, bn), runs in best.items():
+        mine = step_sizes[step_sizes["run_dir"].isin(runs["run_dir"])]
+        per_epoch = mine.groupby("epoch")[weights].mean()  # mean over seeds, per layer
+        r0 = runs.iloc[0]
+        ax = axes[bns.index(bn)]
+        line, = ax.plot(per_epoch.index, per_epoch.median(axis=1), marker="o",
+                        label=f"{lib.display_name(opt)} (lr {lib.format_hparam(r0.lr)}, "
+                              f"wd {lib.format_hparam(r0.weight_decay)})")
+        ax.fill_between(per_epoch.index, per_epoch.min(axis=1), per_epoch.max(axis=1), alpha=0.15,
+                        color=line.get_color())
+        ax.set_title(_bn_label(bn) or "all runs", fontsize=9)
+    for ax in axes:
+        ax.set_yscale("log")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("relative update size per step")
+    axes[-1].legend(fontsize=7)
+    fig.suptitle("Relative update size of the convolution and linear weights (median, min-max shaded), each method "
+                 "at its best (lr, wd)", fontsize=10)
+    return fig
+
+
+def load_layer_table(results_csv: str | os.PathLike, table: str) -> pd.DataFrame | None:
+    """NAME_magnitudes.csv / NAME_step_sizes.csv beside results_csv (collect.py), or None when absent."""
+    path = layer_table_path_for(results_csv, table)
+    if not path.is_file():
+        return None
+    frame = pd.read_csv(path)
+    if "run_dir" not in frame.columns or "epoch" not in frame.columns:
+        raise ValueError(f"{path} lacks run_dir or epoch; is it a {table} CSV from scripts/collect.py?")
+    return frame
+
+
 # ---------------------------------------------------------------- output
 
 def save_figure(fig: Figure, out_dir: str | os.PathLike, stem: str) -> list[Path]:
@@ -478,6 +593,13 @@ def make_figures(results_csv: str | os.PathLike, out_dir: str | os.PathLike, *, 
         written += save_figure(fig, out_dir, "curves_best")
     if (fig := plot_scale_free(df, metric)) is not None:
         written += save_figure(fig, out_dir, "scale_free")
+    if (magnitudes := load_layer_table(results_csv, "magnitudes")) is not None:
+        for quantity in QUANTITY_TITLES:
+            if (fig := plot_magnitudes(df, magnitudes, quantity, metric)) is not None:
+                written += save_figure(fig, out_dir, f"magnitudes_{quantity}")
+    if (step_sizes := load_layer_table(results_csv, "step_sizes")) is not None:
+        if (fig := plot_step_sizes(df, step_sizes, metric)) is not None:
+            written += save_figure(fig, out_dir, "step_sizes")
     written.append(write_csv_atomically(scores, Path(out_dir) / "decoupling.csv"))
     print(f"Decoupling of {metric} (lr_shift_std = std of log10 best lr across wd; lower = more decoupled):")
     print(scores[["method", "wd_convention", "lr_shift_std", "lr_shift_range", "region_fill", "incomplete_cells",

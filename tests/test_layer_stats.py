@@ -107,6 +107,21 @@ def test_a_run_records_its_layers_without_changing_what_it_trains(tmp_path):
     assert {r["epoch"] for r in steps} == {"1", "2"} and all(float(r["relative_update"]) > 0 for r in steps)
     assert all(r["recorded_steps"] == "2" for r in steps)
 
+    # collect puts them beside the results (whole model, one column per bin), and figures draws them.
+    out = tmp_path / "results" / "r.csv"
+    run_cli(["scripts/collect.py", str(tmp_path / "stats"), "-o", str(out)], module="")
+    wide = read(tmp_path / "results" / "r_magnitudes.csv")
+    assert len(wide) == 2 * len(layer_stats.QUANTITIES)
+    for row in wide:
+        assert sum(int(v) for k, v in row.items() if k == "zero" or k.lstrip("-").isdigit()) == 2 * n_params
+    sizes = read(tmp_path / "results" / "r_step_sizes.csv")
+    assert [r["epoch"] for r in sizes] == ["1", "2"]
+    assert sizes[1]["relative_update/conv1.weight"] == next(r["relative_update"] for r in steps
+                                                           if r["epoch"] == "2" and r["layer"] == "conv1.weight")
+    proc = run_cli(["scripts/figures.py", str(out), "-o", str(tmp_path / "figures")], module="")
+    for stem in ("magnitudes_param", "magnitudes_grad", "magnitudes_update", "magnitudes_update_per_lr", "step_sizes"):
+        assert (tmp_path / "figures" / f"{stem}.png").stat().st_size > 5000, proc.stdout
+
 
 def test_the_benchmark_times_the_single_run_with_and_without_recording(tmp_path):
     import importlib.util
@@ -126,3 +141,42 @@ def test_the_benchmark_times_the_single_run_with_and_without_recording(tmp_path)
     measured = results["images_per_s"]
     assert results["magnitude_stats_cost"]["1"] == pytest.approx(
         1 - measured["single_stats_1"]["median"] / measured["single"]["median"])
+
+
+def test_the_figures_show_each_method_at_its_best_configuration_bn_off_and_on():
+    import sys
+
+    import pandas as pd
+    from cli import REPO
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    import figures
+
+    results, magnitudes, steps = [], [], []
+    for opt in ("adaml2", "decoupled_adamw", "proxadam"):
+        for bn in (False, True):
+            for lr in (1e-3, 1e-2):
+                run_dir = f"{opt}-{bn}-{lr}"
+                best = lr == 1e-3
+                results.append(dict(run_dir=run_dir, status="finished", optimizer=opt, lr=lr, weight_decay=5e-4,
+                                    seed=0, batch_norm=bn, loss_multiplier=1.0, final_test_acc=0.5 if best else 0.2,
+                                    final_model_norm=30.0))
+                for epoch in (1, 2, 3, 4, 5):
+                    for quantity in layer_stats.QUANTITIES:
+                        magnitudes.append({"run_dir": run_dir, "epoch": epoch, "quantity": quantity, "zero": 0,
+                                           "-10": 10 if best else 1000, "-9": 5})
+                    steps.append({"run_dir": run_dir, "epoch": epoch, "relative_update/conv1.weight": 1e-3 * epoch,
+                                  "relative_update/fc.weight": 2e-3, "relative_update/bn1.weight": 1.0})
+    df, mags, sizes = pd.DataFrame(results), pd.DataFrame(magnitudes), pd.DataFrame(steps)
+    fig = figures.plot_magnitudes(df, mags, "update")
+    assert len(fig.axes) == 6  # BN off / on x epochs 1, 3, 5
+    assert [ax.get_title() for ax in fig.axes[:3]] == ["BN off, epoch 1", "BN off, epoch 3", "BN off, epoch 5"]
+    for ax in fig.axes:
+        assert len(ax.lines) == 3
+        for line in ax.lines:  # the best run's shares (10 and 5 of 15), not the lr 1e-2 run's
+            assert list(line.get_ydata()) == pytest.approx([10 / 15, 5 / 15])
+    fig = figures.plot_step_sizes(df, sizes)
+    assert len(fig.axes) == 2 and all(len(ax.lines) == 3 for ax in fig.axes)
+    median = fig.axes[0].lines[0].get_ydata()  # conv1 and fc, not the BatchNorm weight
+    assert list(median) == pytest.approx([(1e-3 * e + 2e-3) / 2 for e in (1, 2, 3, 4, 5)])
+    assert figures.plot_magnitudes(df, mags.iloc[0:0], "update") is None
