@@ -36,8 +36,9 @@ def test_notebook_draws_figures_without_errors(executed_notebook):
     outputs = [o for c in executed_notebook.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     images = [o for o in outputs if o.output_type == "display_data" and "image/png" in o.data]
-    # accuracy heatmap, model-norm heatmap and best-configuration curves (the fixture has one c)
-    assert len(images) >= 3, f"expected at least 3 figures, got {len(images)}"
+    # accuracy heatmap, model-norm heatmap, best-configuration curves (the fixture has one c), and the
+    # gradient and update magnitude histograms and relative update sizes of its recorded layer tables
+    assert len(images) >= 6, f"expected at least 6 figures, got {len(images)}"
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert str(FIXTURE) in text, "the notebook did not use the results CSV it was given"
     # The claims section: the table scripts/claims.py writes, with a verdict for every claim.
