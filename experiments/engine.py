@@ -30,7 +30,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from data import DeviceLoader
-from experiments import layer_stats, run_files
+from experiments import layer_stats, preemption, run_files
 from experiments.builders import (
     build_model,
     build_optimizer,
@@ -279,52 +279,54 @@ def _train(run: PackRun, store: Store, states: list[MemberState] | None, heartbe
                     run.stats.reset()
                 train_rows = train_epoch(run.step, run.train_loader, progress=progress, desc=desc, stats=run.stats)
                 test_rows = evaluate(run.pack, run.test_loader, autocast=run.autocast)
-                norms = run.pack.model_norms().tolist()
-                stats_rows = run.stats.member_rows(epoch) if run.stats is not None else None
-                for i, member in enumerate(trained):
-                    if not active[i]:
-                        continue
-                    row = {"epoch": epoch, **train_rows[i], **test_rows[i], "model_norm": norms[i],
-                           "lr": run.optimizer.lr(i)}
-                    member.history.append({k: row[k] for k in METRIC_COLUMNS})
-                    log_epoch(member.spec.run_name, epochs, row, extra=member.extra)
-                    run_files.write_csv(member.spec.run_dir / "metrics.csv", member.history, METRIC_COLUMNS)
-                    logged = row
-                    if stats_rows is not None:
-                        magnitudes, step_sizes = stats_rows[i]
-                        member.magnitudes += magnitudes
-                        member.step_sizes += step_sizes
-                        layer_stats.write_rows(member.spec.run_dir / "magnitudes.csv", member.magnitudes,
-                                               layer_stats.MAGNITUDE_COLUMNS)
-                        layer_stats.write_rows(member.spec.run_dir / "step_sizes.csv", member.step_sizes,
-                                               layer_stats.STEP_SIZE_COLUMNS)
+                # A Ctrl-C from here on takes effect once the epoch is recorded whole: files, checkpoint, W&B.
+                with preemption.interrupts_held():
+                    norms = run.pack.model_norms().tolist()
+                    stats_rows = run.stats.member_rows(epoch) if run.stats is not None else None
+                    for i, member in enumerate(trained):
+                        if not active[i]:
+                            continue
+                        row = {"epoch": epoch, **train_rows[i], **test_rows[i], "model_norm": norms[i],
+                               "lr": run.optimizer.lr(i)}
+                        member.history.append({k: row[k] for k in METRIC_COLUMNS})
+                        log_epoch(member.spec.run_name, epochs, row, extra=member.extra)
+                        run_files.write_csv(member.spec.run_dir / "metrics.csv", member.history, METRIC_COLUMNS)
+                        logged = row
+                        if stats_rows is not None:
+                            magnitudes, step_sizes = stats_rows[i]
+                            member.magnitudes += magnitudes
+                            member.step_sizes += step_sizes
+                            layer_stats.write_rows(member.spec.run_dir / "magnitudes.csv", member.magnitudes,
+                                                   layer_stats.MAGNITUDE_COLUMNS)
+                            layer_stats.write_rows(member.spec.run_dir / "step_sizes.csv", member.step_sizes,
+                                                   layer_stats.STEP_SIZE_COLUMNS)
+                            if wandb_runs[i] is not None:
+                                logged = {**row, **layer_stats.wandb_histograms(magnitudes),
+                                          **{f"relative_update/{r['layer']}": r["relative_update"] for r in step_sizes}}
                         if wandb_runs[i] is not None:
-                            logged = {**row, **layer_stats.wandb_histograms(magnitudes),
-                                      **{f"relative_update/{r['layer']}": r["relative_update"] for r in step_sizes}}
-                    if wandb_runs[i] is not None:
-                        wandb_runs[i].log(logged, step=epoch)
-                    if not is_finite(row):
-                        member.status, member.diverged_epoch, member.end_wall = "diverged", epoch, run.wall()
-                        log.warning("%s diverged at epoch %d (non-finite loss or weights); stopping this run%s",
-                                    member.spec.run_name, epoch, "" if live else ", the rest of its pack goes on",
-                                    extra=member.extra)
-                # images_per_s: the shared batches' rate, which every member's metrics.csv reports as its own.
-                images_per_s = train_rows[0]["images_per_s"]
-                run.throughput.append({"epoch": epoch, "epoch_time_s": train_rows[0]["epoch_time_s"],
-                                       "models_trained": sum(active), "images_per_s": images_per_s,
-                                       "model_images_per_s": images_per_s * sum(active)})
-                store.on_epoch(run)
-                # Nothing is left to resume once every member has stopped.
-                if run.checkpointing and any(m.status == "running" for m in trained):
-                    store.save(run, epoch)
-                    for member in trained:
-                        member.checkpoint = store.path
-                for i, member in enumerate(trained):
-                    if active[i]:
-                        run.write_summary(member, member.status)
-                store.after_epoch(run)
-                if heartbeat is not None:
-                    heartbeat()
+                            wandb_runs[i].log(logged, step=epoch)
+                        if not is_finite(row):
+                            member.status, member.diverged_epoch, member.end_wall = "diverged", epoch, run.wall()
+                            log.warning("%s diverged at epoch %d (non-finite loss or weights); stopping this run%s",
+                                        member.spec.run_name, epoch, "" if live else ", the rest of its pack goes on",
+                                        extra=member.extra)
+                    # images_per_s: the shared batches' rate, which every member's metrics.csv reports as its own.
+                    images_per_s = train_rows[0]["images_per_s"]
+                    run.throughput.append({"epoch": epoch, "epoch_time_s": train_rows[0]["epoch_time_s"],
+                                           "models_trained": sum(active), "images_per_s": images_per_s,
+                                           "model_images_per_s": images_per_s * sum(active)})
+                    store.on_epoch(run)
+                    # Nothing is left to resume once every member has stopped.
+                    if run.checkpointing and any(m.status == "running" for m in trained):
+                        store.save(run, epoch)
+                        for member in trained:
+                            member.checkpoint = store.path
+                    for i, member in enumerate(trained):
+                        if active[i]:
+                            run.write_summary(member, member.status)
+                    store.after_epoch(run)
+                    if heartbeat is not None:
+                        heartbeat()
         except KeyboardInterrupt:
             for member in trained:
                 if member.status == "running":

@@ -5,11 +5,15 @@ training was on; a library's `finally` there can then fail and turn the exit int
 and the job ends as failed instead of requeued. So a pack job lets the signal only leave a notice;
 training checks it after each step, raises Preempted (a KeyboardInterrupt: the engine records its runs
 as interrupted, as for Ctrl-C), and the job hands over to submitit's handler from there.
+
+interrupts_held() does the same for Ctrl-C around an epoch's bookkeeping, so that its files and its
+W&B step are written together.
 """
 from __future__ import annotations
 
 import os
 import signal
+import threading
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -47,3 +51,23 @@ def deferred(signum: int) -> Iterator:
         yield previous
     finally:
         signal.signal(signum, previous)
+
+
+@contextmanager
+def interrupts_held() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block ends (then act as they would have): an epoch's metrics.csv,
+    summary, checkpoint and W&B step are written together, never cut between two of them. A handler, not a
+    signal mask: a signal sent to the process may land on any of its threads (torch's, W&B's)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.signal(signum, lambda signum, frame: caught.append(signum)) for signum in held}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(caught):
+            signal.raise_signal(signum)  # now handled as it would have been: KeyboardInterrupt for Ctrl-C

@@ -185,3 +185,16 @@ def test_a_notice_only_stops_training_when_it_is_checked_and_the_old_handler_com
             preemption.stop_if_noticed()  # a new job starts without the old notice
     finally:
         signal.signal(signal.SIGUSR2, old)
+
+
+def test_a_ctrl_c_during_an_epochs_bookkeeping_waits_for_its_end():
+    from experiments import preemption
+
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with preemption.interrupts_held():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            done.append("files")  # not cut short
+            done.append("wandb")
+    assert done == ["files", "wandb"]
