@@ -151,6 +151,11 @@ def _incomplete(grids: list[Grid]) -> str:
     return f"runs that did not complete ({', '.join(broken)}); rerun or collect them first" if broken else ""
 
 
+def _same_update_note(best_a, best_b) -> str:
+    """Both bests at weight decay 0, where every decay rule is the same update (plain Adam)."""
+    return "; both best at wd 0, where the methods are the same optimizer" if best_a[1] == 0 == best_b[1] else ""
+
+
 def _paired(a: pd.Series, b: pd.Series) -> pd.Series:
     """a - b over the seeds both have."""
     return (a - b).dropna()
@@ -192,7 +197,8 @@ def same_best_accuracy(df, label, settings, a="adamw", b="adamp", claim=None, so
     diffs = _paired(acc_a, acc_b)
     numbers = (f"{ga.name} {pct(acc_a.mean())} (lr {hp(best_a[0])}, wd {hp(best_a[1])}) vs {gb.name} "
                f"{pct(acc_b.mean())} (lr {hp(best_b[0])}, wd {hp(best_b[1])}); difference "
-               f"{points(diffs.mean())} points{interval(bootstrap_ci(diffs, settings))} over {seeds_text(len(diffs))}")
+               f"{points(diffs.mean())} points{interval(bootstrap_ci(diffs, settings))} over {seeds_text(len(diffs))}"
+               f"{_same_update_note(best_a, best_b)}")
     verdict, why = _compare(diffs, settings, within=settings.tolerance)
     return Verdict(claim, rule, numbers, verdict, why)
 
@@ -210,7 +216,8 @@ def better_accuracy(df, label, settings, a, b, source) -> Verdict:
     diffs = _paired(ga.per_seed("final_test_acc")[best_a], gb.per_seed("final_test_acc")[best_b])
     numbers = (f"{ga.name} {pct(ga.mean('final_test_acc')[best_a])} vs {gb.name} "
                f"{pct(gb.mean('final_test_acc')[best_b])}; difference {points(diffs.mean())} points"
-               f"{interval(bootstrap_ci(diffs, settings))} over {seeds_text(len(diffs))}")
+               f"{interval(bootstrap_ci(diffs, settings))} over {seeds_text(len(diffs))}"
+               f"{_same_update_note(best_a, best_b)}")
     verdict, why = _compare(diffs, settings)
     return Verdict(claim, rule, numbers, verdict, why)
 
