@@ -156,6 +156,16 @@ def _same_update_note(best_a, best_b) -> str:
     return "; both best at wd 0, where the methods are the same optimizer" if best_a[1] == 0 == best_b[1] else ""
 
 
+def _two_grids(df, label, claim, rule, a, b) -> tuple[Grid, Grid] | Verdict:
+    """Both methods' grids, or the verdict that they cannot be judged (a method absent, runs incomplete)."""
+    ga, gb = _grid(df, a, label), _grid(df, b, label)
+    if ga is None or gb is None:
+        return _missing(claim, rule, [lib.display_name(m) for m, g in ((a, ga), (b, gb)) if g is None], label)
+    if why := _incomplete([ga, gb]):
+        return Verdict(claim, rule, "", UNJUDGED, why)
+    return ga, gb
+
+
 def _paired(a: pd.Series, b: pd.Series) -> pd.Series:
     """a - b over the seeds both have."""
     return (a - b).dropna()
@@ -187,11 +197,10 @@ def same_best_accuracy(df, label, settings, a="adamw", b="adamp", claim=None, so
     claim = claim or f"{lib.display_name(a)} and {lib.display_name(b)} reach about the same best accuracy{label} ({source})"
     rule = (f"each method's best (lr, wd) by seed-mean final test accuracy; paired difference of the seeds' accuracies "
             f"there; holds if its 95% interval lies within ±{100 * settings.tolerance:.1f} points")
-    ga, gb = _grid(df, a, label), _grid(df, b, label)
-    if ga is None or gb is None:
-        return _missing(claim, rule, [lib.display_name(m) for m, g in ((a, ga), (b, gb)) if g is None], label)
-    if why := _incomplete([ga, gb]):
-        return Verdict(claim, rule, "", UNJUDGED, why)
+    grids = _two_grids(df, label, claim, rule, a, b)
+    if isinstance(grids, Verdict):
+        return grids
+    ga, gb = grids
     best_a, best_b = ga.best(), gb.best()
     acc_a, acc_b = ga.per_seed("final_test_acc")[best_a], gb.per_seed("final_test_acc")[best_b]
     diffs = _paired(acc_a, acc_b)
@@ -207,11 +216,10 @@ def better_accuracy(df, label, settings, a, b, source) -> Verdict:
     claim = f"{lib.display_name(a)} generalises better than {lib.display_name(b)}{label} ({source})"
     rule = ("each method's best (lr, wd) by seed-mean final test accuracy; paired difference of the seeds' accuracies "
             "there; holds if its 95% interval lies above 0, does not hold if it lies at or below 0")
-    ga, gb = _grid(df, a, label), _grid(df, b, label)
-    if ga is None or gb is None:
-        return _missing(claim, rule, [lib.display_name(m) for m, g in ((a, ga), (b, gb)) if g is None], label)
-    if why := _incomplete([ga, gb]):
-        return Verdict(claim, rule, "", UNJUDGED, why)
+    grids = _two_grids(df, label, claim, rule, a, b)
+    if isinstance(grids, Verdict):
+        return grids
+    ga, gb = grids
     best_a, best_b = ga.best(), gb.best()
     diffs = _paired(ga.per_seed("final_test_acc")[best_a], gb.per_seed("final_test_acc")[best_b])
     numbers = (f"{ga.name} {pct(ga.mean('final_test_acc')[best_a])} vs {gb.name} "
@@ -255,11 +263,10 @@ def smaller_norm(df, label, settings, small="adamp", large="adamw") -> Verdict:
     rule = (f"high-accuracy configurations: a method's (lr, wd) cells whose seed-mean final test accuracy is within "
             f"{100 * gap:.0f} points of its best; per seed, the mean final model norm over them; paired difference "
             f"{lib.display_name(small)} - {lib.display_name(large)}; holds if its 95% interval lies below 0")
-    gs, gl = _grid(df, small, label), _grid(df, large, label)
-    if gs is None or gl is None:
-        return _missing(claim, rule, [lib.display_name(m) for m, g in ((small, gs), (large, gl)) if g is None], label)
-    if why := _incomplete([gs, gl]):
-        return Verdict(claim, rule, "", UNJUDGED, why)
+    grids = _two_grids(df, label, claim, rule, small, large)
+    if isinstance(grids, Verdict):
+        return grids
+    gs, gl = grids
 
     def norms(g: Grid) -> tuple[pd.Series, int]:
         acc = g.mean("final_test_acc").dropna()
@@ -282,11 +289,10 @@ def more_decoupled(df, label, settings, a, b, source) -> Verdict:
     rule = ("per seed, the std of log10(best lr) across the wd columns (0: the best lr never moves; figures.py's "
             f"decoupling score); paired difference {lib.display_name(b)} - {lib.display_name(a)}; holds if its 95% "
             "interval lies above 0; needs at least two lr rows that learn (seed-mean accuracy 5 points above chance)")
-    ga, gb = _grid(df, a, label), _grid(df, b, label)
-    if ga is None or gb is None:
-        return _missing(claim, rule, [lib.display_name(m) for m, g in ((a, ga), (b, gb)) if g is None], label)
-    if why := _incomplete([ga, gb]):
-        return Verdict(claim, rule, "", UNJUDGED, why)
+    grids = _two_grids(df, label, claim, rule, a, b)
+    if isinstance(grids, Verdict):
+        return grids
+    ga, gb = grids
     chance = _chance(df, settings)
     for g in (ga, gb):
         rows = g.learning_rows(chance)

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cli import REPO, cli_env, run_cli
+from cli import REPO, cli_env, run_cli, sbatch_script, wait_for
 
 # Two packs (BatchNorm on and off cannot share one), two members each.
 GRID = ["-m", "data=synthetic", "data.train_size=128", "data.test_size=64", "trainer.batch_size=64",
@@ -67,14 +67,6 @@ def _task_pids(sweep: Path) -> list[int]:
     return pids
 
 
-def _wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.time() + timeout
-    while not condition():
-        if time.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def test_a_preempted_pack_is_requeued_and_ends_as_an_uninterrupted_pack(tmp_path):
     grid = ["-m", "data=synthetic", "data.train_size=1024", "data.test_size=64", "trainer.batch_size=64",
             "trainer.epochs=6", "logger=none", "trainer.device=cpu", "model.depth=8", "optimizer.lr=1e-3,2e-3"]
@@ -85,7 +77,7 @@ def test_a_preempted_pack_is_requeued_and_ends_as_an_uninterrupted_pack(tmp_path
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         # Once the pack has checkpointed epoch 1 and before it ends: SIGUSR2, SLURM's preemption notice.
-        _wait_for(lambda: any(len(p.read_text().splitlines()) >= 2 for p in sweep.glob("*/metrics.csv")), 300,
+        wait_for(lambda: any(len(p.read_text().splitlines()) >= 2 for p in sweep.glob("*/metrics.csv")), 300,
                   "the pack's first epoch")
         pids = _task_pids(sweep)
         assert len(pids) == 1, pids
@@ -112,7 +104,7 @@ def test_a_pack_job_that_is_killed_marks_its_runs_failed_and_the_other_pack_fini
                                f"hydra.sweep.dir={sweep}"], cwd=REPO, env=cli_env(tmp_path),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for(lambda: len(list(sweep.glob(".packs/*/checkpoint.pt"))) == 2, 300, "both packs' first epoch")
+        wait_for(lambda: len(list(sweep.glob(".packs/*/checkpoint.pt"))) == 2, 300, "both packs' first epoch")
         os.kill(_task_pids(sweep)[0], signal.SIGKILL)  # out of memory, say: no handler runs
         stdout, stderr = driver.communicate(timeout=900)
     finally:
@@ -139,25 +131,10 @@ def test_a_pack_job_that_is_killed_marks_its_runs_failed_and_the_other_pack_fini
 
 def test_packed_slurm_renders_one_sbatch_array_task_per_pack_with_the_slurm_settings(tmp_path):
     """The real submitit SLURM path up to sbatch; a stand-in sbatch keeps the script it was given."""
-    bin_dir, kept = tmp_path / "bin", tmp_path / "kept.sh"
-    bin_dir.mkdir()
-    (bin_dir / "sbatch").write_text(f'#!/bin/sh\nfor a; do last="$a"; done\ncp "$last" {kept}\n'
-                                    'echo "Submitted batch job 4242"\n')
-    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")  # submitit checks that srun exists
-    for tool in ("sbatch", "srun"):
-        (bin_dir / tool).chmod(0o755)
-    env = cli_env(tmp_path, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    cmd = [sys.executable, "-m", "experiments.train", *GRID, "launcher=packed_slurm",
-           "hydra.launcher.submitit.partition=gpu", "hydra.launcher.submitit.timeout_min=90",
-           "hydra.launcher.submitit.array_parallelism=1", "hydra.launcher.submitit.mem_gb=48",
-           f"hydra.sweep.dir={tmp_path / 'sweep'}"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    _wait_for(lambda: kept.exists() or proc.poll() is not None, 120, "sbatch")
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGKILL)  # the driver would now wait for the cluster
-    output = proc.communicate()[0]
-    assert kept.exists(), output[-3000:]
-    script = kept.read_text()
+    script, output = sbatch_script([*GRID, "launcher=packed_slurm", "hydra.launcher.submitit.partition=gpu",
+                                    "hydra.launcher.submitit.timeout_min=90",
+                                    "hydra.launcher.submitit.array_parallelism=1", "hydra.launcher.submitit.mem_gb=48",
+                                    f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path)
     for line in ("#SBATCH --partition=gpu", "#SBATCH --time=90", "#SBATCH --gpus-per-node=1",
                  "#SBATCH --cpus-per-task=8", "#SBATCH --mem=48GB", "#SBATCH --array=0-1%1"):
         assert line in script, f"{line!r} missing from:\n{script}"

@@ -3,15 +3,10 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-from cli import REPO, cli_env, run_cli
+from cli import REPO, run_cli, sbatch_script
 from hydra import compose, initialize_config_dir
 
 TINY = ["data=synthetic", "data.train_size=128", "data.test_size=64", "trainer.batch_size=64", "trainer.epochs=1",
@@ -103,28 +98,9 @@ def test_submitit_local_sweep_really_runs(tmp_path):
 
 def test_slurm_launcher_renders_the_sbatch_script(tmp_path):
     """The real submitit SLURM path up to sbatch; a stand-in sbatch keeps the script it was given."""
-    bin_dir, kept = tmp_path / "bin", tmp_path / "kept.sh"
-    bin_dir.mkdir()
-    (bin_dir / "sbatch").write_text(f'#!/bin/sh\nfor a; do last="$a"; done\ncp "$last" {kept}\n'
-                                    'echo "Submitted batch job 4242"\n')
-    (bin_dir / "sbatch").chmod(0o755)
-    # submitit only checks that srun exists on the submitting side; the job script calls it.
-    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")
-    (bin_dir / "srun").chmod(0o755)
-    env = cli_env(tmp_path, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    cmd = [sys.executable, "-m", "experiments.train", "-m", *TINY, "launcher=slurm",
-           "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=90", "hydra.launcher.array_parallelism=1",
-           "optimizer.lr=1e-3,1e-2",
-           f"hydra.sweep.dir={tmp_path / 'sweep'}"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 120
-    while not kept.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGKILL)  # the driver would now wait for the cluster
-    output = proc.communicate()[0]
-    assert kept.exists(), output[-3000:]
-    script = kept.read_text()
+    script, _ = sbatch_script(["-m", *TINY, "launcher=slurm", "hydra.launcher.partition=gpu",
+                               "hydra.launcher.timeout_min=90", "hydra.launcher.array_parallelism=1",
+                               "optimizer.lr=1e-3,1e-2", f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path)
     for line in ("#SBATCH --partition=gpu", "#SBATCH --time=90", "#SBATCH --gpus-per-node=1",
                  "#SBATCH --cpus-per-task=8", "#SBATCH --mem=32GB", "#SBATCH --array=0-1%1"):
         assert line in script, f"{line!r} missing from:\n{script}"

@@ -6,11 +6,10 @@ import csv
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from cli import REPO, cli_env
+from cli import REPO, cli_env, wait_for
 
 sys.path.insert(0, str(REPO / "scripts"))
 from collect import OfflineRun, wandb_run_files  # noqa: E402
@@ -31,14 +30,6 @@ def wandb_history(run_dir: Path) -> tuple[OfflineRun, list[dict]]:
     return run, [{k: float(row[k]) for k in columns} for row in run.history().to_dict("records")]
 
 
-def _wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.time() + timeout
-    while not condition():
-        if time.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 @pytest.mark.parametrize("launcher", ["packed", "local"])
 def test_each_run_logs_live_to_its_own_wandb_run_and_a_resume_continues_it(tmp_path, launcher):
     sweep = tmp_path / "sweep"
@@ -47,7 +38,7 @@ def test_each_run_logs_live_to_its_own_wandb_run_and_a_resume_continues_it(tmp_p
     driver = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         # Epoch 2 done in some run: then interrupt, as Ctrl-C would.
-        _wait_for(lambda: any(len(p.read_text().splitlines()) >= 3 for p in sweep.glob("*/metrics.csv")), 300,
+        wait_for(lambda: any(len(p.read_text().splitlines()) >= 3 for p in sweep.glob("*/metrics.csv")), 300,
                   "two epochs")
         driver.send_signal(signal.SIGINT)
         output = driver.communicate(timeout=300)[0]
