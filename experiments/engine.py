@@ -296,9 +296,9 @@ def _train(run: PackRun, store: Store, states: list[MemberState] | None, heartbe
                             magnitudes, step_sizes = stats_rows[i]
                             member.magnitudes += magnitudes
                             member.step_sizes += step_sizes
-                            layer_stats.write_rows(member.spec.run_dir / "magnitudes.csv", member.magnitudes,
+                            run_files.write_csv(member.spec.run_dir / "magnitudes.csv", member.magnitudes,
                                                    layer_stats.MAGNITUDE_COLUMNS)
-                            layer_stats.write_rows(member.spec.run_dir / "step_sizes.csv", member.step_sizes,
+                            run_files.write_csv(member.spec.run_dir / "step_sizes.csv", member.step_sizes,
                                                    layer_stats.STEP_SIZE_COLUMNS)
                             if wandb_runs[i] is not None:
                                 logged = {**row, **layer_stats.wandb_histograms(magnitudes),

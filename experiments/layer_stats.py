@@ -16,12 +16,9 @@ step_sizes.csv (epoch, layer, relative update size, weight norm at the end of th
 from __future__ import annotations
 
 import csv
-import io
 from pathlib import Path
 
 import torch
-
-from experiments import run_files
 
 QUANTITIES = ("param", "grad", "update", "update_per_lr")
 LOWEST, HIGHEST = -40, 8  # exponents of the bins; 2^-40 ~ 1e-12, 2^8 = 256
@@ -123,14 +120,6 @@ def read_rows(path: Path, before_epoch: int) -> list[dict]:
         return []
     with open(path, newline="") as f:
         return [row for row in csv.DictReader(f) if int(row["epoch"]) < before_epoch]
-
-
-def write_rows(path: Path, rows: list[dict], columns: list[str]) -> None:
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    run_files.atomic_write_text(path, text.getvalue())
 
 
 def wandb_histograms(magnitudes: list[dict]) -> dict:
