@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import platform
 import socket
 import subprocess
@@ -28,8 +29,12 @@ def versions() -> dict[str, str | None]:
 def git_commit() -> str | None:
     """HEAD of the repo when this process first asked, with '-dirty' for uncommitted changes.
 
-    Cached, so that a long sweep reports the code it started with, not a later HEAD.
+    Cached, so that a long sweep reports the code it started with, not a later HEAD. DNM_GIT_COMMIT, when set,
+    is the answer instead: a copy of the repo without its history (the GPU machine's) learns its commit from
+    the stamp that scripts/source_stamp.py checks.
     """
+    if os.environ.get("DNM_GIT_COMMIT"):
+        return os.environ["DNM_GIT_COMMIT"]
     try:
         head = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True,
                               text=True, timeout=10, check=True).stdout.strip()

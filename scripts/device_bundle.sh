@@ -4,6 +4,9 @@
 #   .whl/                   wheels of the Python packages that machine lacks (hydra-core, omegaconf, antlr4, the
 #                           joblib launcher), for its Python 3.12; .whl/ is git-ignored. wandb does not fit the
 #                           64 MiB that travel, so runs there use logger=none.
+#   .whl/source_stamp.json  HEAD's commit and file hashes (scripts/source_stamp.py): the copy sent there has no
+#                           git history of its own, so this is how its results name the commit. Run this
+#                           script again after every commit that is to run there.
 # Then, with the device tool: run(command="bash scripts/device_check.sh", carry=["datasets/cifar10-jpeg", ".whl"]).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,4 +23,5 @@ mkdir -p .whl
     hydra-core==1.3.2 omegaconf==2.3.0 hydra-joblib-launcher==1.2.0
 # antlr4's runtime (needed by omegaconf) is published as a source archive only: build its wheel here.
 ls .whl/antlr4_python3_runtime-4.9.3-*.whl >/dev/null 2>&1 || "$PY" -m pip wheel -q --no-deps -w .whl antlr4-python3-runtime==4.9.3
-du -sh datasets/cifar10-jpeg .whl
+"$PY" scripts/source_stamp.py write .whl/source_stamp.json
+du -sh --apparent-size datasets/cifar10-jpeg .whl

@@ -78,6 +78,16 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 # The repo is not installed there: its Hydra plugin (launcher=packed) joins the hydra_plugins namespace by path.
 export PYTHONPATH="$PWD/experiments/launcher_plugins${PYTHONPATH:+:$PYTHONPATH}"
+# The copy sent here has no git history of its own: the commit every summary and JSON records comes from the
+# stamp device_bundle.sh wrote (with -dirty when a file differs from it).
+STAMP=${SOURCE_STAMP:-.whl/source_stamp.json}
+if [ -f "$STAMP" ]; then
+    DNM_GIT_COMMIT=$(python3 scripts/source_stamp.py check "$STAMP") && export DNM_GIT_COMMIT \
+        || { echo "error: the source stamp $STAMP cannot be read; make it again with scripts/device_bundle.sh"; exit 2; }
+    echo "code: $DNM_GIT_COMMIT (from $STAMP)"
+else
+    echo "warning: no source stamp at $STAMP (scripts/device_bundle.sh writes it); commits recorded come from git here"
+fi
 export DNM_DATA_ROOT=${DNM_DATA_ROOT:-$PWD/datasets/cifar10-jpeg}
 export DNM_CACHE_DIR="$WORK/cache" TORCHINDUCTOR_CACHE_DIR="$WORK/inductor" WANDB_MODE=disabled PYTHONUNBUFFERED=1
 RUNS="$WORK/outputs"
@@ -93,7 +103,7 @@ for stage in $STAGES; do
         nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
         python3 -c "import sys, torch, torchvision; print(sys.version.split()[0], torch.__version__, \
 torchvision.__version__, torch.cuda.get_device_name(0), torch.backends.cudnn.version())"
-        git log -1 --format='commit %H %cd' 2>/dev/null || echo "commit: no .git here (a working-tree copy)"
+        echo "commit recorded: ${DNM_GIT_COMMIT:-$(python3 -c 'from experiments.run_info import git_commit; print(git_commit())')}"
         record env ok
         ;;
     tests)

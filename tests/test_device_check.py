@@ -10,18 +10,30 @@ from pathlib import Path
 
 from cli import REPO, cli_env
 
+sys.path.insert(0, str(REPO / "scripts"))
+import source_stamp  # noqa: E402
+
+from experiments.run_info import git_commit  # noqa: E402
+
 TINY = "data=synthetic data.train_size=64 data.test_size=20 trainer.batch_size=16 trainer.epochs=1"
 
 
 def test_the_device_check_runs_every_stage_and_packs_its_outputs(tmp_path):
     out, work = tmp_path / "out", tmp_path / "work"
+    # A stamp that names another commit: what the runs record must come from it, not from git here.
+    stamp = tmp_path / "source_stamp.json"
+    source_stamp.write(stamp, REPO)
+    stamped = json.loads(stamp.read_text())
+    stamped["commit"] = "f" * 40
+    stamp.write_text(json.dumps(stamped))
+    expected_commit = "f" * 40 + ("-dirty" if git_commit().endswith("-dirty") else "")
     # python3 on the PATH is this interpreter, as the GPU machine's python3 is its torch environment.
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "python3").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
     (bin_dir / "python3").chmod(0o755)
     env = cli_env(tmp_path, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", OUT=str(out), WORK=str(work),
-                  DEVICE="cpu", DEADLINE_S="900", TESTS_SELECT="single_fused_adamw",
+                  DEVICE="cpu", DEADLINE_S="900", SOURCE_STAMP=str(stamp), TESTS_SELECT="single_fused_adamw",
                   BENCH_ARGS="--ks 2 --routes loop,grouped --steps 1 --warmup 0 --rounds 1 --min-time 0 "
                              "--batch-size 8 --workers 0 --no-reference",
                   OPTIM_ARGS="--steps 1 --repeats 1 --warmup 0", RUN_ARGS=TINY,
@@ -43,8 +55,10 @@ def test_the_device_check_runs_every_stage_and_packs_its_outputs(tmp_path):
     assert "Cheapest acceptable precision" in (out / "precision.md").read_text()
     with tarfile.open(out / "grid_seed0.tar.gz") as tar:
         names = tar.getnames()
-    summaries = [n for n in names if n.endswith("/summary.json")]
+        summaries = [n for n in names if n.endswith("/summary.json")]
+        recorded = {json.load(tar.extractfile(n))["git_commit"] for n in summaries}
     assert len(summaries) == 4 and not any(n.endswith(".pt") for n in names)
+    assert recorded == {expected_commit} and bench["git_commit"] == expected_commit
     assert all("trainer.compile" not in n for n in summaries)  # compiling changes no run folder
     assert len(list(out.iterdir())) <= 8  # what the device tool brings back
     assert (out / "device_check.log").read_text().count("===") >= 8
@@ -81,3 +95,46 @@ def test_the_precision_check_accepts_a_precision_only_within_half_the_seed_sprea
     _fake_summary(tmp_path, "adamw", "bf16", 4, 0.1, 1.0, status="failed")
     assert check.main([str(tmp_path)]) == 1
     assert "status failed, 2 epochs" in capsys.readouterr().out
+
+
+def test_the_source_stamp_names_the_commit_only_for_an_unchanged_copy(tmp_path, capsys):
+    # The hash is git's own object id for the file's content.
+    readme = subprocess.run(["git", "-C", str(REPO), "hash-object", "README.md"], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    assert source_stamp.blob_hash(REPO / "README.md") == readme
+    stamp = tmp_path / "stamp.json"
+    assert source_stamp.main(["write", str(stamp), "--root", str(REPO)]) == 0
+    assert "files" in capsys.readouterr().out
+    payload = json.loads(stamp.read_text())
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert payload["commit"] == head and "experiments/engine.py" in payload["files"]
+    # A copy of two of HEAD's files, stamped with just those: the commit, clean; one changed: -dirty, named.
+    copy = tmp_path / "copy"
+    for path in ("README.md", "experiments/engine.py"):
+        content = subprocess.run(["git", "-C", str(REPO), "show", f"HEAD:{path}"], capture_output=True,
+                                 check=True).stdout
+        (copy / path).parent.mkdir(parents=True, exist_ok=True)
+        (copy / path).write_bytes(content)
+    small = tmp_path / "small.json"
+    small.write_text(json.dumps({"commit": head, "files": {p: payload["files"][p]
+                                                           for p in ("README.md", "experiments/engine.py")}}))
+    assert source_stamp.check(small, copy) == (head, [])
+    (copy / "experiments/engine.py").write_text((copy / "experiments/engine.py").read_text() + "# edited\n")
+    assert source_stamp.check(small, copy) == (head + "-dirty", ["experiments/engine.py"])
+    (copy / "README.md").unlink()
+    assert source_stamp.main(["check", str(small), "--root", str(copy)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == head + "-dirty"
+    assert "2 files differ from the stamped commit (README.md, experiments/engine.py)" in captured.err
+    # A broken stamp is a one-line error, not a commit.
+    small.write_text("{not json")
+    assert source_stamp.main(["check", str(small), "--root", str(copy)]) == 2
+    assert "make it with scripts/device_bundle.sh" in capsys.readouterr().err
+
+
+def test_dnm_git_commit_is_the_commit_a_run_records(tmp_path):
+    code = "from experiments.run_info import git_commit; print(git_commit())"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=cli_env(tmp_path, DNM_GIT_COMMIT="abc123"),
+                          capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "abc123"
