@@ -7,7 +7,7 @@
 #   run(command="bash scripts/device_check.sh", carry=["datasets/cifar10-jpeg", ".whl"], timeout_s=590)
 # Everything it keeps goes to $OUT (the device tool's folder; outputs/device_check otherwise), 8 files at most:
 #   device_check.log, bench_optimizers.json, bench.json, precision.md, precision.json, precision_runs.tar.gz,
-#   grid_seed0.tar.gz, stages.json
+#   grid_WINDOW.tar.gz, stages.json
 # Stages:
 #   env        GPU, driver, Python and torch versions
 #   tests      the optimizer and fused-optimizer exactness tests on CUDA (tests/test_optimizers.py, test_fused.py)
@@ -16,10 +16,10 @@
 #              a compiled pack of 24, 4 concurrent single-run processes (BENCH_ARGS replaces the defaults)
 #   precision  experiment=precision_check (fp32 vs tf32 vs bf16, 2 methods x 4 seeds, 5 epochs) on the fastest
 #              eager route the benchmark measured for 12 members; scripts/precision_check.py judges it
-#   grid       one seed of the post's grid at full scale (experiment=blog_adamw_vs_adamp seed=0: 24 runs x 50
-#              epochs, a pack of 24) on the fastest route and compile mode measured for 24 members
-#              (GRID_ROUTE, GRID_COMPILE, GRID_PRECISION override; the config's precision, fp32, otherwise); only
-#              when the estimate fits in what is left
+#   grid       one window of the full-scale experiments (GRID_WINDOW, scripts/full_scale.py; default blog-s0, one
+#              seed of the post's grid: 24 runs x 50 epochs, a pack of 24) on the fastest route and compile mode
+#              measured for 24 members (GRID_ROUTE, GRID_COMPILE, GRID_PRECISION override; the config's precision,
+#              fp32, otherwise); only when the estimate fits in what is left
 # Each stage runs only if time is left before DEADLINE_S (default 540 s after the start); a stage that fails or
 # runs out of time is recorded in stages.json and the next one goes on.
 # A dry run of the plumbing on a CPU (what tests/test_device_check.py does): DEVICE=cpu, TESTS_SELECT, BENCH_ARGS,
@@ -132,19 +132,29 @@ torchvision.__version__, torch.cuda.get_device_name(0), torch.backends.cudnn.ver
         fi
         ;;
     grid)
+        # One window of the full-scale experiments (scripts/full_scale.py; blog-s0: one seed of the post's grid).
+        window=${GRID_WINDOW:-blog-s0}
+        if ! overrides=$(python3 scripts/full_scale.py overrides "$window") \
+                || ! images=$(python3 scripts/full_scale.py images "$window") \
+                || ! sweep=$(python3 scripts/full_scale.py sweep "$window"); then
+            record grid "failed (window $window: see the error above)"
+            continue
+        fi
         route=${GRID_ROUTE:-$(best route 24)}
         mode=${GRID_COMPILE:-$(best compile 24)}
         rate=$(best rate 24)
-        # 24 runs x 50 epochs x 50,000 images, plus a test pass per epoch (a tenth of the images, a third of the
-        # cost) and a minute of compiling.
-        need=$(( ${rate:-0} > 0 ? 60000000 * 11 / 10 / ${rate:-1} + 60 : 0 ))
+        # Its training images at the rate measured for 24 members, plus a test pass per epoch (a tenth of the
+        # images, a third of the cost) and a minute of compiling.
+        need=$(( ${rate:-0} > 0 ? images * 11 / 10 / ${rate:-1} + 60 : 0 ))
         [ -n "${rate:-}" ] || need=${GRID_NEEDS_S:-0}
-        say "grid: route ${route:-auto}, compile ${mode:-false}, ${rate:-unmeasured} img/s for 24 members, estimate ${need}s"
-        run_stage grid "$need" python3 -m experiments.train -m experiment=blog_adamw_vs_adamp seed=0 launcher=packed \
+        say "grid: window $window ($overrides, $(( images / 1000000 )) M images), route ${route:-auto}, compile ${mode:-false}, ${rate:-unmeasured} img/s for 24 members, estimate ${need}s"
+        # shellcheck disable=SC2086
+        run_stage grid "$need" python3 -m experiments.train -m $overrides launcher=packed \
             "hydra.launcher.route=${route:-auto}" "trainer.compile=${mode:-false}" \
             ${GRID_PRECISION:+trainer.precision=$GRID_PRECISION} "${COMMON[@]}" ${GRID_ARGS:-}
-        if [ -d "$RUNS/sweeps/blog_adamw_vs_adamp" ]; then
-            tar -czf "$OUT/grid_seed0.tar.gz" -C "$RUNS/sweeps" --exclude='*.pt' --exclude=wandb blog_adamw_vs_adamp
+        if [ -d "$RUNS/sweeps/$sweep" ]; then
+            # Brought home with: python scripts/full_scale.py merge grid_WINDOW.tar.gz
+            tar -czf "$OUT/grid_$window.tar.gz" -C "$RUNS/sweeps" --exclude='*.pt' --exclude=wandb "$sweep"
         fi
         ;;
     *)

@@ -11,6 +11,8 @@ from pathlib import Path
 from cli import REPO, cli_env
 
 sys.path.insert(0, str(REPO / "scripts"))
+import collect  # noqa: E402
+import full_scale  # noqa: E402
 import source_stamp  # noqa: E402
 
 from experiments.run_info import git_commit  # noqa: E402
@@ -49,11 +51,12 @@ def test_the_device_check_runs_every_stage_and_packs_its_outputs(tmp_path):
     bench = json.loads((out / "bench.json").read_text())
     assert {"packed_2_loop", "packed_2_grouped"} <= set(bench["images_per_s"])
     # The grid ran on the fastest route the benchmark measured for its pack size (24 here has none: auto).
-    assert "grid: route auto, compile false" in proc.stdout
+    assert "grid: window blog-s0 (experiment=blog_adamw_vs_adamp seed=0, 60 M images), route auto, compile false" \
+        in proc.stdout
     precision = json.loads((out / "precision.json").read_text())
     assert set(precision["acceptable"]) == {"fp32", "tf32", "bf16"} and precision["seeds"] == [0, 1]
     assert "Cheapest acceptable precision" in (out / "precision.md").read_text()
-    with tarfile.open(out / "grid_seed0.tar.gz") as tar:
+    with tarfile.open(out / "grid_blog-s0.tar.gz") as tar:
         names = tar.getnames()
         summaries = [n for n in names if n.endswith("/summary.json")]
         recorded = {json.load(tar.extractfile(n))["git_commit"] for n in summaries}
@@ -62,6 +65,15 @@ def test_the_device_check_runs_every_stage_and_packs_its_outputs(tmp_path):
     assert all("trainer.compile" not in n for n in summaries)  # compiling changes no run folder
     assert len(list(out.iterdir())) <= 8  # what the device tool brings back
     assert (out / "device_check.log").read_text().count("===") >= 8
+    # Brought home: the window's runs join the sweep folder collect.py reads.
+    sweeps = tmp_path / "sweeps"
+    assert full_scale.main(["merge", str(out / "grid_blog-s0.tar.gz"), "--into", str(sweeps)]) == 0
+    assert collect.main([str(sweeps / "blog_adamw_vs_adamp"), "-o", str(tmp_path / "grid.csv")]) == 0
+    import pandas as pd
+
+    results = pd.read_csv(tmp_path / "grid.csv")
+    assert len(results) == 4 and set(results["status"]) == {"finished"}
+    assert set(results["git_commit"]) == {expected_commit}
 
 
 def _fake_summary(root: Path, method: str, precision: str, seed: int, acc: float, norm: float,
