@@ -28,6 +28,13 @@ and single run with the C library's default malloc (as a plain script runs), the
 after the trainer's setting. The table gives the ratio within a phase (the pipelines alone) and
 single run (phase 2) over reference (phase 1): the trainer as run against the plain script.
 
+Profile (--profile): after the rounds, each in-process pipeline trains --profile-steps more steps under
+torch.profiler. Per step: the device's busy time (the union of its kernels' intervals, against the
+unprofiled step time from the rounds: how much of a step the GPU computes at all), the kernels
+launched, the aten ops Python and autograd call (host ops), and the ops that take the most device time (CPU time on a CPU). A
+step that keeps the GPU busy a small share of its time is bound by launches and Python, not
+arithmetic, which is what CUDA graphs and packing are for.
+
 Roofline: the FLOPs of one training step (torch.utils.flop_counter) and the device's measured
 2048x2048 matmul rate bound any pipeline's images/s; the table shows that bound and how much of it
 each pipeline reaches.
@@ -140,6 +147,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--processes", default="", help="also time N concurrent single-run processes, for each N given")
     p.add_argument("--magnitude-stats-every", default="",
                    help="also time the single run with trainer.magnitude_stats_every=N, for each N given (e.g. 100)")
+    p.add_argument("--profile", action="store_true",
+                   help="after the rounds, profile --profile-steps steps of every in-process pipeline "
+                        "(torch.profiler): device busy share, kernels and host ops per step, the costliest ops")
+    p.add_argument("--profile-steps", type=int, default=5, help="steps profiled per pipeline (default 5)")
     p.add_argument("--depth", type=int, default=20)
     p.add_argument("--batch-norm", action="store_true", help="ResNet with BatchNorm (default: off, as the post)")
     p.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32")
@@ -166,7 +177,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.pack_specs = _pack_specs(args)
     if args.min_time is not None and args.min_time < 0:
         raise BenchmarkError(f"--min-time must be >= 0 seconds (got {args.min_time})")
-    for name in ("steps", "warmup", "rounds", "batch_size", "threads"):
+    for name in ("steps", "warmup", "rounds", "batch_size", "threads", "profile_steps"):
         value = getattr(args, name)
         if value is not None and value < (0 if name == "warmup" else 1):
             raise BenchmarkError(f"--{name.replace('_', '-')} must be >= {0 if name == 'warmup' else 1} (got {value})")
@@ -398,6 +409,57 @@ def minor_faults() -> int | None:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
+def busy_time(intervals: list[tuple[float, float]]) -> float:
+    """Length of the union of [start, end) intervals: the time at least one kernel ran (streams overlap)."""
+    total, reach = 0.0, None
+    for start, end in sorted(intervals):
+        if reach is None or start > reach:
+            total += end - start
+            reach = end
+        elif end > reach:
+            total += end - reach
+            reach = end
+    return total
+
+
+def profile_pipeline(measure, steps: int, device: torch.device, step_ms: float, top: int = 8) -> dict:
+    """torch.profiler over `steps` more steps of a warmed pipeline; step_ms: its unprofiled time per step."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    on_gpu = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
+    with profile(activities=activities) as prof:
+        measure(steps)
+    events = prof.events()
+    kernels = [e for e in events if e.device_type == DeviceType.CUDA]
+    # What Python and autograd call per step: aten ops not called by another aten op (conv2d, not the
+    # convolution -> _convolution -> mkldnn_convolution under it); each costs host time on every launch.
+    host_ops = sum(1 for e in events if e.device_type == DeviceType.CPU and e.name.startswith("aten::")
+                   and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")))
+
+    def self_time(avg) -> float:  # microseconds
+        if on_gpu:
+            return float(getattr(avg, "self_device_time_total", None) or getattr(avg, "self_cuda_time_total", 0.0))
+        return float(avg.self_cpu_time_total)
+
+    averages = [a for a in prof.key_averages() if self_time(a) > 0]
+    total = sum(self_time(a) for a in averages) or 1.0
+    costliest = sorted(averages, key=self_time, reverse=True)[:top]
+    busy_ms = busy_time([(e.time_range.start, e.time_range.end) for e in kernels]) / 1000 / steps if on_gpu else None
+    return {
+        "steps": steps,
+        "step_ms": step_ms,
+        "device_busy_ms_per_step": busy_ms,
+        "device_busy_share": busy_ms / step_ms if busy_ms is not None and step_ms > 0 else None,
+        "kernels_per_step": len(kernels) / steps if on_gpu else None,
+        "host_ops_per_step": host_ops / steps,
+        "costliest": [{"op": a.key, "calls_per_step": a.count / steps, "ms_per_step": self_time(a) / 1000 / steps,
+                       "share": self_time(a) / total} for a in costliest],
+        "time_of": "device" if on_gpu else "cpu",
+    }
+
+
 def measure_rounds(pipelines: dict, *, rounds: int, warmups: dict[str, int], steps: int, min_time: float, phase: str,
                    warmed: set) -> tuple[dict[str, list[float]], dict[str, float | None]]:
     """Interleaved rounds; returns images/s per round and page faults per step (medians) of each pipeline."""
@@ -475,6 +537,17 @@ def run(args) -> dict:
         if not keep_freed_memory():
             print("this C library is not glibc: phase 2 runs with the same malloc as phase 1", file=sys.stderr)
     measured = summarize_samples(*measure_rounds(pipelines, phase="trainer malloc: " if two_phase else "", **timing))
+    profiles = {}
+    if args.profile:
+        for name, measure in pipelines.items():
+            per_step_images = args.batch_size * (kinds[name]["members"] if kinds[name]["kind"] == "pack" else 1)
+            step_ms = 1000 * per_step_images / measured[name]["median"]
+            try:
+                profiles[name] = profile_pipeline(measure, args.profile_steps, device, step_ms)
+            except Exception as exc:  # noqa: BLE001 - a profiler fault must not cost the measurements above
+                profiles[name] = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+            print(f"profiled {name}" + (f": {profiles[name]['error']}" if "error" in profiles[name] else ""),
+                  file=sys.stderr, flush=True)
     for n in args.processes:
         samples = []
         for r in range(rounds):
@@ -515,6 +588,7 @@ def run(args) -> dict:
         # trainer.magnitude_stats_every=N: the single run's images/s lost to recording, 0.03 = 3%.
         "magnitude_stats_cost": {str(kinds[name]["stats_every"]): 1 - m / single for name, m in median.items()
                                  if kinds[name].get("stats_every")},
+        "profile": profiles or None,
         "roofline": {"step_flops": flops, "matmul_flops_per_s": peak, "images_per_s_bound": bound,
                      "bound_vs_reference": bound / plain_reference if plain_reference else None,
                      "fraction_of_bound": {name: m / bound for name, m in median.items()}},
@@ -589,6 +663,15 @@ def table(results: dict) -> str:
         lines.append(f"{label(name)} vs {kinds[name]['members']} sequential single runs: {v:.2f}x")
     for k, b in results["best_route"].items():
         lines.append(f"fastest pack of {k}: {b['pipeline']} ({b['images_per_s']:.0f} img/s)")
+    for name, prof in (results.get("profile") or {}).items():
+        if "error" in prof:
+            lines.append(f"profile {name}: failed ({prof['error']})")
+            continue
+        busy = (f"device busy {prof['device_busy_ms_per_step']:.2f} ms ({prof['device_busy_share']:.0%}), "
+                f"{prof['kernels_per_step']:.0f} kernels, " if prof["device_busy_ms_per_step"] is not None else "")
+        costliest = ", ".join(f"{c['op']} {c['share']:.0%}" for c in prof["costliest"][:4])
+        lines.append(f"profile {name}: {prof['step_ms']:.2f} ms per step, {busy}{prof['host_ops_per_step']:.0f} host ops; "
+                     f"most {prof['time_of']} time: {costliest}")
     roof = results["roofline"]
     bound_vs = f" = {roof['bound_vs_reference']:.2f}x the plain reference" if roof["bound_vs_reference"] else ""
     lines += ["", f"roofline: {roof['step_flops'] / 1e9:.1f} GFLOP per step; this device's 2048x2048 matmul runs at "

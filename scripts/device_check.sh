@@ -13,7 +13,8 @@
 #   tests      the optimizer and fused-optimizer exactness tests on CUDA (tests/test_optimizers.py, test_fused.py)
 #   optim      scripts/bench_optimizers.py: every optimizer's step, and the fused update of packs of 12 and 24
 #   bench      scripts/benchmark.py: reference, single run eager and compiled, packs of 4/12/24 on every route,
-#              a compiled pack of 24, 4 concurrent single-run processes (BENCH_ARGS replaces the defaults)
+#              a compiled pack of 24, 4 concurrent single-run processes, then a profile of 5 steps of each
+#              (device busy share, kernels and host ops per step, costliest ops; BENCH_ARGS replaces the defaults)
 #   precision  experiment=precision_check (fp32 vs tf32 vs bf16, 2 methods x 4 seeds, 5 epochs) on the fastest
 #              eager route the benchmark measured for 12 members; scripts/precision_check.py judges it
 #   grid       one window of the full-scale experiments (GRID_WINDOW, scripts/full_scale.py; default blog-s0, one
@@ -118,7 +119,7 @@ torchvision.__version__, torch.cuda.get_device_name(0), torch.backends.cudnn.ver
         # shellcheck disable=SC2206
         args=(${BENCH_ARGS:---ks 4,12,24 --routes loop,streams,vmap,grouped --compile reduce-overhead
               --packs 24:grouped:reduce-overhead --processes 4 --magnitude-stats-every 100 --steps 20 --warmup 5
-              --rounds 2 --min-time 1})
+              --rounds 2 --min-time 1 --profile})
         run_stage bench 120 python3 scripts/benchmark.py --device "$DEVICE" "${args[@]}" --json "$OUT/bench.json"
         ;;
     precision)

@@ -37,7 +37,7 @@ def test_the_device_check_runs_every_stage_and_packs_its_outputs(tmp_path):
     env = cli_env(tmp_path, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", OUT=str(out), WORK=str(work),
                   DEVICE="cpu", DEADLINE_S="900", SOURCE_STAMP=str(stamp), TESTS_SELECT="single_fused_adamw",
                   BENCH_ARGS="--ks 2 --routes loop,grouped --steps 1 --warmup 0 --rounds 1 --min-time 0 "
-                             "--batch-size 8 --workers 0 --no-reference",
+                             "--batch-size 8 --workers 0 --no-reference --profile --profile-steps 1",
                   OPTIM_ARGS="--steps 1 --repeats 1 --warmup 0", RUN_ARGS=TINY,
                   PRECISION_ARGS="trainer.precision=fp32,bf16 seed=0,1",
                   GRID_ARGS="optimizer.lr=1e-3 optimizer.weight_decay=1e-4,1e-2")
@@ -50,6 +50,7 @@ def test_the_device_check_runs_every_stage_and_packs_its_outputs(tmp_path):
     assert "fused_adamw_x24_per_member" in json.loads((out / "bench_optimizers.json").read_text())["results"]
     bench = json.loads((out / "bench.json").read_text())
     assert {"packed_2_loop", "packed_2_grouped"} <= set(bench["images_per_s"])
+    assert bench["profile"]["packed_2_grouped"]["host_ops_per_step"] > 0
     # The grid ran on the fastest route the benchmark measured for its pack size (24 here has none: auto).
     assert "grid: window blog-s0 (experiment=blog_adamw_vs_adamp seed=0, 60 M images), route auto, compile false" \
         in proc.stdout

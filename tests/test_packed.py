@@ -513,6 +513,35 @@ def test_benchmark_runs_every_pipeline_and_writes_its_json(tmp_path, capsys):
     assert "roofline" in table and "trainer vs plain script" in table
 
 
+def test_benchmark_profiles_each_pipeline(tmp_path, capsys):
+    benchmark = load_benchmark()
+    out = tmp_path / "bench.json"
+    assert benchmark.main(["--device", "cpu", "--steps", "2", "--warmup", "1", "--rounds", "1", "--ks", "2",
+                           "--routes", "loop", "--batch-size", "8", "--min-time", "0", "--no-reference", "--profile",
+                           "--profile-steps", "2", "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    profiles = results["profile"]
+    assert set(profiles) == {"single", "packed_2_loop"}
+    single, pack = profiles["single"], profiles["packed_2_loop"]
+    for name, prof in profiles.items():
+        members = results["pipelines"][name]["members"]
+        assert prof["step_ms"] == pytest.approx(1000 * 8 * members / results["images_per_s"][name]["median"])
+        assert prof["device_busy_ms_per_step"] is None and prof["kernels_per_step"] is None  # no GPU here
+        shares = [c["share"] for c in prof["costliest"]]
+        assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1 + 1e-9
+        assert any(c["op"] == "aten::convolution_backward" for c in prof["costliest"]), prof["costliest"]
+    # The loop route runs each member's own forward and backward: about twice the host ops of one run.
+    assert 1.4 * single["host_ops_per_step"] < pack["host_ops_per_step"] < 2.2 * single["host_ops_per_step"]
+    assert "profile packed_2_loop:" in capsys.readouterr().out
+
+
+def test_busy_time_is_the_union_of_kernel_intervals():
+    benchmark = load_benchmark()
+    assert benchmark.busy_time([]) == 0
+    # Two streams overlapping, one kernel inside another, a gap, a kernel that touches the last one's end.
+    assert benchmark.busy_time([(0, 10), (5, 12), (6, 7), (20, 25), (25, 26)]) == 12 + 6
+
+
 def test_benchmark_times_concurrent_single_run_processes(tmp_path):
     """launcher=joblib's way to share a device: N processes; the benchmark's aggregate is the sum of their rates."""
     out = tmp_path / "bench.json"
