@@ -58,7 +58,7 @@ def main(cfg: DictConfig) -> float | None:
                 message += f" (and {run_dir / 'summary.json'} cannot be written: {write_error.strerror or write_error})"
         if multirun:
             log.error("%s failed: %s", run_name, message)
-            sweep_report.FAILED.append((run_name, message))
+            sweep_report.record(run_name, message)
             return None
         # A single run says it once, on stderr; the run's own log file keeps it too.
         _log_to_files(logging.ERROR, "%s failed: %s", run_name, message)

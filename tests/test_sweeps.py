@@ -87,6 +87,25 @@ def test_a_failing_run_does_not_stop_the_sweep(tmp_path):
     assert "weight decay" in runs["adam"]["error"]
 
 
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
+def test_a_sweep_of_other_processes_exits_1_and_names_its_failed_run(tmp_path, launcher):
+    """joblib's and submitit's jobs run in other processes: their failures still reach the sweep's exit code."""
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["-m", *TINY, f"launcher={launcher}", "hydra.launcher.n_jobs=2" if launcher == "joblib" else
+                    "hydra.launcher.timeout_min=10", "optimizer=adamw,adam", "optimizer.weight_decay=1e-4",
+                    f"hydra.sweep.dir={sweep}"], check=False, timeout=900)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: 1 runs of this sweep could not train"), lines[-5:]
+    assert "optimizer=adam," in lines[-2] and "weight decay" in lines[-2]
+    assert {s["config"]["optimizer"]["name"]: s["status"] for s in summaries(sweep).values()} == {
+        "adamw": "finished", "adam": "failed"}
+    assert not (sweep / ".failures").exists()  # the launch's failure records are read and gone
+    # The same sweep without the failing point: nothing failed in this launch, exit 0.
+    run_cli(["-m", *TINY, f"launcher={launcher}", "optimizer=adamw", "optimizer.weight_decay=1e-4",
+             f"hydra.sweep.dir={sweep}"], timeout=900)
+
+
 def test_submitit_local_sweep_really_runs(tmp_path):
     sweep = tmp_path / "sweep"
     run_cli(["-m", *TINY, "launcher=submitit_local", "optimizer=adamw,adamp", f"hydra.sweep.dir={sweep}"],
