@@ -1,21 +1,27 @@
 """A preemption notice (SLURM's signal through submitit) stops training between two steps, never inside one.
 
 submitit's own handler checkpoints and exits from inside the signal handler, i.e. at whatever line the
-training was on; a library's `finally` there can then fail and turn the exit into an ordinary error,
-and the job ends as failed instead of requeued. So a pack job lets the signal only leave a notice;
-training checks it after each step, raises Preempted (a KeyboardInterrupt: the engine records its runs
-as interrupted, as for Ctrl-C), and the job hands over to submitit's handler from there.
+training was on: between an epoch's metrics and its checkpoint, say, so that the requeued run starts
+over, or inside a library's `finally`, which can turn the exit into an ordinary error, and the job ends
+as failed instead of requeued. So a submitit job (a pack, or a single run of launcher=slurm) lets the
+signal only leave a notice; training checks it after each step, raises Preempted (a KeyboardInterrupt:
+the engine records its runs as interrupted, as for Ctrl-C), and the job hands over to submitit's handler
+from there (`handing_over`).
 
 interrupts_held() does the same for Ctrl-C around an epoch's bookkeeping, so that its files and its
 W&B step are written together.
 """
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Preempted(KeyboardInterrupt):
@@ -51,6 +57,27 @@ def deferred(signum: int) -> Iterator:
         yield previous
     finally:
         signal.signal(signum, previous)
+
+
+def in_submitit_job() -> bool:
+    """Whether this process is a submitit job (submitit sets SUBMITIT_EXECUTOR in the jobs it starts)."""
+    return bool(os.environ.get("SUBMITIT_EXECUTOR"))
+
+
+def handing_over(train: Callable[[], T], label: str) -> T:
+    """Runs train() with the notice signal deferred. On a notice, once train() has stopped between two steps,
+    calls the handler that was there (submitit's: checkpoint() and requeue, or end when no requeue is left; it
+    exits); where there was none, Preempted goes on up as an interruption."""
+    signum = notice_signal()
+    with deferred(signum) as submitit_handler:
+        try:
+            return train()
+        except Preempted:
+            log.warning("%s: preemption or timeout notice; stopped between two steps, handing over to submitit to "
+                        "requeue it", label)
+    if callable(submitit_handler):
+        submitit_handler(signum, None)
+    raise Preempted("preempted outside a submitit job: run the same command again to resume")
 
 
 @contextmanager

@@ -11,7 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from experiments import sweep_report
+from experiments import preemption, sweep_report
 from experiments.run_identity import RunMismatch
 from experiments.run_lock import RunLocked
 from experiments.run_record import one_line, record_failure
@@ -38,7 +38,11 @@ def main(cfg: DictConfig) -> float | None:
     run_name = hc.job.override_dirname or "default"
     multirun = hc.mode == RunMode.MULTIRUN
     try:
-        summary = train_run(cfg, run_dir, run_name, base_dir=hc.runtime.cwd)
+        def train() -> dict:
+            return train_run(cfg, run_dir, run_name, base_dir=hc.runtime.cwd)
+
+        # A run as a submitit job (launcher=slurm, submitit_local) stops for preemption between two steps.
+        summary = preemption.handing_over(train, run_name) if preemption.in_submitit_job() else train()
     except KeyboardInterrupt:
         raise
     except RunLocked as exc:  # another launch of the same run: leave it to that one, no failure of this launch

@@ -95,6 +95,34 @@ def test_a_preempted_pack_is_requeued_and_ends_as_an_uninterrupted_pack(tmp_path
     assert metrics(sweep) == metrics(tmp_path / "straight") and all(len(r) == 6 for r in metrics(sweep).values())
 
 
+def test_a_preempted_single_run_under_submitit_is_requeued_and_ends_as_an_uninterrupted_run(tmp_path):
+    """launcher=submitit_local / slurm, one run per job: the notice stops training between two steps as well."""
+    grid = ["-m", "data=synthetic", "data.train_size=1024", "data.test_size=64", "trainer.batch_size=64",
+            "trainer.epochs=6", "logger=none", "trainer.device=cpu", "model.depth=8", "optimizer.lr=1e-3"]
+    run_cli([*grid, f"hydra.sweep.dir={tmp_path / 'straight'}"])
+    sweep = tmp_path / "preempted"
+    driver = subprocess.Popen([sys.executable, "-m", "experiments.train", *grid, "launcher=submitit_local",
+                               f"hydra.sweep.dir={sweep}"], cwd=REPO, env=cli_env(tmp_path),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: any(len(p.read_text().splitlines()) >= 2 for p in sweep.glob("*/metrics.csv")), 300,
+                 "the run's first epoch")
+        pids = _task_pids(sweep)
+        assert len(pids) == 1, pids
+        os.kill(pids[0], signal.SIGUSR2)
+        output = driver.communicate(timeout=600)[0]
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 0, output[-3000:]
+    job_logs = "".join(p.read_text() for p in (sweep / ".submitit").glob("*/*_log.*"))
+    assert "Requeued job" in job_logs, job_logs[-3000:]
+    run_log = "".join(p.read_text() for p in sweep.glob("*/*.log"))
+    assert "stopped between two steps" in run_log and "resuming" in run_log, run_log[-3000:]
+    assert set(statuses(sweep).values()) == {"finished"}
+    assert metrics(sweep) == metrics(tmp_path / "straight") and all(len(r) == 6 for r in metrics(sweep).values())
+
+
 def test_a_pack_job_that_is_killed_marks_its_runs_failed_and_the_other_pack_finishes(tmp_path):
     sweep = tmp_path / "sweep"
     grid = [g.replace("trainer.epochs=2", "trainer.epochs=12").replace("data.train_size=128", "data.train_size=256")

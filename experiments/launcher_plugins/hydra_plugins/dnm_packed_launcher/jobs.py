@@ -170,16 +170,8 @@ class _PackJob:
 
         Singleton.set_state(self.singleton_state)
         setup_globals()
-        signum = preemption.notice_signal()
-        with preemption.deferred(signum) as submitit_handler:
-            try:
-                return _run_pack(self.launcher, self.jobs, self.pack_dir)
-            except preemption.Preempted:
-                log.warning("pack %s: preemption or timeout notice; stopped between two steps, handing over to "
-                            "submitit to requeue it", self.pack_dir.name)
-        if callable(submitit_handler):
-            submitit_handler(signum, None)  # checkpoint() and requeue, or end when no requeue is left: exits
-        raise preemption.Preempted("preempted outside a submitit job: run the same command again to resume")
+        return preemption.handing_over(lambda: _run_pack(self.launcher, self.jobs, self.pack_dir),
+                                       f"pack {self.pack_dir.name}")
 
     def checkpoint(self, *args, **kwargs):
         import submitit
