@@ -6,6 +6,7 @@ import os
 import platform
 import socket
 import subprocess
+from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
@@ -68,3 +69,28 @@ def hparams(cfg: DictConfig | dict, data_fingerprint: str | None = None) -> dict
 
 def host() -> str:
     return socket.gethostname()
+
+
+@functools.cache
+def hardware(device: str) -> str | None:
+    """What a run trained on, by name: the GPU's ('NVIDIA H200'), or the CPU model and its logical CPUs."""
+    if not device:
+        return None
+    if device.startswith("cuda"):
+        import torch
+
+        try:
+            return torch.cuda.get_device_name(torch.device(device))
+        except (RuntimeError, AssertionError, ValueError):
+            return device
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{name}, {os.cpu_count()} logical CPUs"
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -44,7 +44,7 @@ def log_epoch(run_name: str, epochs: int, row: dict, **log_kwargs) -> None:
 
 # summary.json's fields that a W&B run's summary repeats, so that collect.py reads a run from W&B as from its folder.
 WANDB_SUMMARY_KEYS = ("status", "run_name", "sweep_id", "experiment", "hparams", "epochs_completed", "diverged_epoch",
-                      "wall_time_s", "git_commit", "error", "data")
+                      "wall_time_s", "git_commit", "hardware", "written_at", "versions", "error", "data")
 
 
 def wandb_summary_fields(summary: dict) -> dict:
@@ -83,7 +83,9 @@ def summarize(cfg: DictConfig, run_dir: Path, run_name: str, history: list[dict]
         "versions": run_info.versions(),
         "git_commit": run_info.git_commit(),
         "device": device,
+        "hardware": run_info.hardware(device),
         "hostname": run_info.host(),
+        "written_at": run_info.utc_now(),
     }
 
 

@@ -37,7 +37,7 @@ RESULT_COLUMNS = (
     + HPARAM_COLUMNS
     + [f"final_{m}" for m in FINAL_METRICS]
     + ["best_test_acc", "best_epoch", "epochs_completed", "diverged_epoch", "wall_time_s",
-       "git_commit", "error", "curves", "config_id"]
+       "git_commit", "hardware", "torch", "written_at", "error", "curves", "config_id"]
 )
 # A run folder collect could not read: its row says so (with the hyperparameters its config.yaml gives,
 # when it has one), so that figures mark its cell instead of drawing it as "no run".
@@ -159,6 +159,9 @@ def row_from_summary(summary: dict, run_dir: str) -> dict:
         diverged_epoch=_number(summary.get("diverged_epoch")),
         wall_time_s=_number(summary.get("wall_time_s")),
         git_commit=summary.get("git_commit"),
+        hardware=summary.get("hardware") or summary.get("device"),
+        torch=(summary.get("versions") or {}).get("torch"),
+        written_at=summary.get("written_at"),
         error=summary.get("error"),
     )
     # Hyperparameters beyond the standard ones still get a column rather than being dropped.
@@ -366,6 +369,8 @@ def _wandb_summary(run: Any) -> dict:
         "epochs_completed": summary.get("epochs_completed"), "diverged_epoch": summary.get("diverged_epoch"),
         "wall_time_s": summary.get("wall_time_s", summary.get("_runtime")),
         "git_commit": summary.get("git_commit"), "error": summary.get("error"),
+        "hardware": summary.get("hardware"), "written_at": summary.get("written_at"),
+        "versions": summary.get("versions"),
     }
 
 

@@ -29,8 +29,8 @@ SETTING_COLUMNS = ["batch_norm", "loss_multiplier", "depth", "dataset", "subset"
 COMPLETE_STATUSES = ("finished", "diverged")
 # Results columns that describe how a run went, not what it was: the rest is its identity (collect.py).
 OUTCOME_COLUMNS = frozenset({"run_dir", "run_name", "sweep_id", "experiment", "status", "best_test_acc", "best_epoch",
-                             "epochs_completed", "diverged_epoch", "wall_time_s", "git_commit", "error", "curves",
-                             "config_id", "seed"})
+                             "epochs_completed", "diverged_epoch", "wall_time_s", "git_commit", "hardware", "torch",
+                             "written_at", "error", "curves", "config_id", "seed"})
 # What a results CSV without config_id (made by an older collect.py) must at least hold to tell runs apart.
 CORE_COLUMNS = ("optimizer", "lr", "weight_decay", "seed", "batch_norm", "depth", "dataset", "epochs", "batch_size",
                 "schedule", "loss_multiplier")

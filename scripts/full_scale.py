@@ -297,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
             added = sum(m.action != "keep" for m in moves)
             sweeps = sorted({m.run.split("/")[0] for m in moves})
             print(f"{added} of {len(moves)} run folders added or replaced in {args.into}; next: "
-                  + "; ".join(f"python scripts/collect.py {args.into / s} -o results/{s}.csv" for s in sweeps))
+                  + "; ".join(f"python scripts/collect.py {args.into / s} -o results/{s}.csv, then "
+                              f"python scripts/provenance.py {args.into / s}" for s in sweeps))
     except WindowError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

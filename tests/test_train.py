@@ -43,6 +43,14 @@ def test_outputs_exist_and_are_complete(tmp_path):
     assert 0 <= s["final"]["test_acc"] <= 1 and 0 <= s["best"]["test_acc"] <= 1
     assert s["best"]["epoch"] in (1, 2)
     assert s["versions"]["torch"] and s["wall_time_s"] > 0 and "git_commit" in s
+    # Where and when: the CPU's model name (this machine's /proc/cpuinfo), the time of the last write.
+    from datetime import datetime, timezone
+
+    with open("/proc/cpuinfo") as f:
+        cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    assert s["device"] == "cpu" and s["hardware"].startswith(cpu) and "logical CPUs" in s["hardware"]
+    written = datetime.fromisoformat(s["written_at"])
+    assert written.tzinfo is not None and abs((datetime.now(timezone.utc) - written).total_seconds()) < 600
     assert (run_dir / "config.yaml").exists() and (run_dir / "checkpoint.pt").exists()
     assert not list(run_dir.glob(".*.tmp")), "a temporary file was left behind"
     # The values, not only the columns: model norm of the saved weights (BN off: the state is all parameters),
