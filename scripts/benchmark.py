@@ -62,6 +62,7 @@ import torch.nn.functional as F  # noqa: E402
 import data as datasets  # noqa: E402
 import models  # noqa: E402
 import optimizers  # noqa: E402
+from experiments import run_info  # noqa: E402
 from experiments.builders import pick_device, setup_precision  # noqa: E402
 from experiments.config_checks import COMPILE_MODES  # noqa: E402
 from experiments.cpu_memory import keep_freed_memory  # noqa: E402
@@ -359,15 +360,9 @@ def synthetic_data(args, steps: int):
 
 
 def hardware(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{name}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads"
+    """The device's name as runs record it (experiments.run_info.hardware), with torch's threads on a CPU."""
+    name = run_info.hardware(str(device))
+    return name if device.type == "cuda" else f"{name}, {torch.get_num_threads()} torch threads"
 
 
 def step_flops(args, device, autocast) -> float:

@@ -67,18 +67,19 @@ def _task_pids(sweep: Path) -> list[int]:
     return pids
 
 
-def test_a_preempted_pack_is_requeued_and_ends_as_an_uninterrupted_pack(tmp_path):
-    grid = ["-m", "data=synthetic", "data.train_size=1024", "data.test_size=64", "trainer.batch_size=64",
-            "trainer.epochs=6", "logger=none", "trainer.device=cpu", "model.depth=8", "optimizer.lr=1e-3,2e-3"]
-    run_cli([*grid, "launcher=packed", f"hydra.sweep.dir={tmp_path / 'straight'}"])
-    sweep = tmp_path / "preempted"
-    driver = subprocess.Popen([sys.executable, "-m", "experiments.train", *grid, "launcher=packed_submitit_local",
+PREEMPTED_GRID = ["-m", "data=synthetic", "data.train_size=1024", "data.test_size=64", "trainer.batch_size=64",
+                  "trainer.epochs=6", "logger=none", "trainer.device=cpu", "model.depth=8"]
+
+
+def _preempt_once(args: list[str], launcher: str, sweep: Path, tmp_path: Path) -> str:
+    """Runs the sweep through submitit with `launcher`; once its one job has written epoch 1, SIGUSR2 (SLURM's
+    preemption notice) to that job; returns submitit's job logs after the driver exited 0."""
+    driver = subprocess.Popen([sys.executable, "-m", "experiments.train", *args, f"launcher={launcher}",
                                f"hydra.sweep.dir={sweep}"], cwd=REPO, env=cli_env(tmp_path),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        # Once the pack has checkpointed epoch 1 and before it ends: SIGUSR2, SLURM's preemption notice.
         wait_for(lambda: any(len(p.read_text().splitlines()) >= 2 for p in sweep.glob("*/metrics.csv")), 300,
-                  "the pack's first epoch")
+                 "the first epoch")
         pids = _task_pids(sweep)
         assert len(pids) == 1, pids
         os.kill(pids[0], signal.SIGUSR2)
@@ -89,6 +90,14 @@ def test_a_preempted_pack_is_requeued_and_ends_as_an_uninterrupted_pack(tmp_path
     assert driver.returncode == 0, output[-3000:]
     job_logs = "".join(p.read_text() for p in (sweep / ".submitit").glob("*/*_log.*"))
     assert "Requeued job" in job_logs, job_logs[-3000:]
+    return job_logs
+
+
+def test_a_preempted_pack_is_requeued_and_ends_as_an_uninterrupted_pack(tmp_path):
+    grid = [*PREEMPTED_GRID, "optimizer.lr=1e-3,2e-3"]
+    run_cli([*grid, "launcher=packed", f"hydra.sweep.dir={tmp_path / 'straight'}"])
+    sweep = tmp_path / "preempted"
+    _preempt_once(grid, "packed_submitit_local", sweep, tmp_path)
     pack_log = "".join(p.read_text() for p in (sweep / ".packs").glob("*/*.log"))
     assert "stopped between two steps" in pack_log and "resuming after epoch" in pack_log
     assert set(statuses(sweep).values()) == {"finished"}
@@ -96,27 +105,12 @@ def test_a_preempted_pack_is_requeued_and_ends_as_an_uninterrupted_pack(tmp_path
 
 
 def test_a_preempted_single_run_under_submitit_is_requeued_and_ends_as_an_uninterrupted_run(tmp_path):
-    """launcher=submitit_local / slurm, one run per job: the notice stops training between two steps as well."""
-    grid = ["-m", "data=synthetic", "data.train_size=1024", "data.test_size=64", "trainer.batch_size=64",
-            "trainer.epochs=6", "logger=none", "trainer.device=cpu", "model.depth=8", "optimizer.lr=1e-3"]
+    """launcher=submitit_local / slurm, one run per job: the notice stops training between two steps as well, so a
+    notice during an epoch's bookkeeping does not cost the epoch's checkpoint."""
+    grid = [*PREEMPTED_GRID, "optimizer.lr=1e-3"]
     run_cli([*grid, f"hydra.sweep.dir={tmp_path / 'straight'}"])
     sweep = tmp_path / "preempted"
-    driver = subprocess.Popen([sys.executable, "-m", "experiments.train", *grid, "launcher=submitit_local",
-                               f"hydra.sweep.dir={sweep}"], cwd=REPO, env=cli_env(tmp_path),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        wait_for(lambda: any(len(p.read_text().splitlines()) >= 2 for p in sweep.glob("*/metrics.csv")), 300,
-                 "the run's first epoch")
-        pids = _task_pids(sweep)
-        assert len(pids) == 1, pids
-        os.kill(pids[0], signal.SIGUSR2)
-        output = driver.communicate(timeout=600)[0]
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-    assert driver.returncode == 0, output[-3000:]
-    job_logs = "".join(p.read_text() for p in (sweep / ".submitit").glob("*/*_log.*"))
-    assert "Requeued job" in job_logs, job_logs[-3000:]
+    _preempt_once(grid, "submitit_local", sweep, tmp_path)
     run_log = "".join(p.read_text() for p in sweep.glob("*/*.log"))
     assert "stopped between two steps" in run_log and "resuming" in run_log, run_log[-3000:]
     assert set(statuses(sweep).values()) == {"finished"}
