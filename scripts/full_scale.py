@@ -79,7 +79,7 @@ def window(name: str) -> Window:
 @dataclass
 class Grid:
     sweep_id: str
-    runs: list[dict[str, Any]]  # each run's value of every swept key (config group choices by name)
+    runs: list[dict[str, Any]]  # each run's value of every swept key (config group choices by name) and its scale
     epochs: int
     train_images: int
 
@@ -106,6 +106,9 @@ def grid(w: Window) -> Grid:
     for parsed in parser.parse_overrides([f"{k}={v}" for k, v in axes.items()]):
         key = parsed.get_key_element()
         values[key] = list(parsed.sweep_iterator()) if parsed.is_sweep_override() else [parsed.value()]
+    # Runs of the same sweep made at another scale (a data subset, fewer epochs) are not this window's runs.
+    values.update({"trainer.epochs": [int(cfg.trainer.epochs)], "data.subset": [cfg.data.subset],
+                   "data.name": [str(cfg.data.name)]})
     runs = [dict(zip(values, combo)) for combo in itertools.product(*values.values())]
     if cfg.data.name != "cifar10":
         raise WindowError(f"window {w.name}: experiment {w.experiment} is not on CIFAR-10; full-scale windows are")

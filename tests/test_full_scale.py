@@ -130,14 +130,17 @@ def test_plan_counts_each_windows_runs_by_status_and_names_the_next_window(tmp_p
     g = full_scale.grid(full_scale.window("blog-s0"))
     for i, run in enumerate(g.runs):
         config = {"optimizer": {"name": run["optimizer"], "lr": run["optimizer.lr"],
-                                "weight_decay": run["optimizer.weight_decay"]}, "seed": run["seed"]}
+                                "weight_decay": run["optimizer.weight_decay"]}, "seed": run["seed"],
+                  "trainer": {"epochs": 50}, "data": {"name": "cifar10", "subset": None}}
         status = "diverged" if i == 0 else "finished"
         (sweep / f"run{i}").mkdir(parents=True)
         (sweep / f"run{i}" / "summary.json").write_text(json.dumps({"status": status, "config": config}))
-    # One run of seed 1 is there, cut short.
-    (sweep / "s1").mkdir()
-    (sweep / "s1" / "summary.json").write_text(json.dumps({"status": "interrupted", "config": {
-        "optimizer": {"name": "adamp", "lr": 1e-3, "weight_decay": 1e-4}, "seed": 1}}))
+    # One run of seed 1 is there, cut short; another, finished, trained on a subset: not a full-scale run.
+    for name, status, subset in (("s1", "interrupted", None), ("s1-subset", "finished", 2000)):
+        (sweep / name).mkdir()
+        (sweep / name / "summary.json").write_text(json.dumps({"status": status, "config": {
+            "optimizer": {"name": "adamp", "lr": 1e-3 if subset is None else 1e-2, "weight_decay": 1e-4}, "seed": 1,
+            "trainer": {"epochs": 50}, "data": {"name": "cifar10", "subset": subset}}}))
     counts = full_scale.window_status(g, full_scale.read_summaries(sweep))
     assert counts == {"done": 24}
     s1 = full_scale.grid(full_scale.window("blog-s1"))
