@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
 import os
 import shutil
@@ -34,6 +33,7 @@ _REPO = Path(__file__).resolve().parents[1]
 if str(_REPO) not in sys.path:  # run in place as `python scripts/full_scale.py`, installed or not
     sys.path.insert(0, str(_REPO))
 
+from experiments import run_files  # noqa: E402
 from experiments.run_identity import differences  # noqa: E402
 from experiments.run_record import is_done, one_line  # noqa: E402
 
@@ -134,10 +134,8 @@ def _same(a: Any, b: Any) -> bool:
 def read_summaries(sweep_dir: Path) -> dict[Path, dict]:
     found = {}
     for path in sorted(sweep_dir.glob("*/summary.json")):
-        try:
-            found[path.parent] = json.loads(path.read_text())
-        except (OSError, ValueError):
-            found[path.parent] = {"status": "unreadable"}
+        summary = run_files.read_json(path)
+        found[path.parent] = summary if isinstance(summary, dict) else {"status": "unreadable"}
     return found
 
 
@@ -207,13 +205,6 @@ def _copy_missing(src: Path, dst: Path) -> int:
     return copied
 
 
-def _read_summary(run_dir: Path) -> dict | None:
-    try:
-        return json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def merge(tarballs: list[Path], into: Path) -> list[Move]:
     """Adds each tarball's run folders to the sweep folders under `into`.
 
@@ -246,7 +237,7 @@ def merge(tarballs: list[Path], into: Path) -> list[Move]:
                     if any(move.run == name for move, _, _ in plans):
                         raise WindowError(f"{name} is in more than one of the tarballs; merge them one at a time")
                     here = into / name
-                    old = _read_summary(here)
+                    old = run_files.read_json(here / "summary.json")
                     if here.exists() and old is None:
                         raise WindowError(f"{here} has no readable summary.json; move it away before merging")
                     plans.append((_decide(name, new, old), run_dir, here))

@@ -13,10 +13,15 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 from collections import Counter
 from pathlib import Path
+
+_REPO = Path(__file__).resolve().parents[1]
+if str(_REPO) not in sys.path:  # run in place as `python scripts/provenance.py`, installed or not
+    sys.path.insert(0, str(_REPO))
+
+from experiments import run_files  # noqa: E402
 
 
 class ProvenanceError(ValueError):
@@ -26,13 +31,6 @@ class ProvenanceError(ValueError):
 def _counts(values) -> str:
     counter = Counter(str(v) for v in values)
     return ", ".join(f"{v} ({n})" if len(counter) > 1 else v for v, n in sorted(counter.items()))
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _epoch_seconds_and_images(run_dir: Path, train_images: int) -> tuple[float, float]:
@@ -53,9 +51,9 @@ def provenance(sweep_dirs: list[Path]) -> str:
         if not sweep.is_dir():
             raise ProvenanceError(f"{sweep} is not a folder; pass the sweep folder that holds the run folders")
         for path in sorted(sweep.glob("*/summary.json")):
-            summary = _read_json(path)
+            summary = run_files.read_json(path)
             summaries[path.parent] = summary if isinstance(summary, dict) else {"status": "unreadable"}
-        packs += [p for p in (_read_json(f) for f in sorted(sweep.glob(".packs/*/pack.json"))) if p]
+        packs += [p for p in (run_files.read_json(f) for f in sorted(sweep.glob(".packs/*/pack.json"))) if p]
     if not summaries:
         raise ProvenanceError(f"no run folder with a summary.json in {', '.join(map(str, sweep_dirs))}")
     runs = list(summaries.values())
@@ -120,10 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(text)
     if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.output.with_name(args.output.name + ".tmp")
-        tmp.write_text(text + "\n")
-        tmp.replace(args.output)
+        run_files.atomic_write_text(args.output, text + "\n")
     return 0
 
 
