@@ -16,15 +16,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
-
-_REPO = Path(__file__).resolve().parents[1]
-if str(_REPO) not in sys.path:  # run in place as `python scripts/source_stamp.py`, installed or not
-    sys.path.insert(0, str(_REPO))
-
-from experiments import run_files  # noqa: E402
 
 
 def blob_hash(path: Path) -> str:
@@ -44,7 +39,12 @@ def write(stamp: Path, root: Path) -> dict:
         if kind == "blob" and mode != "120000":  # a symbolic link travels as a link; its target is not content
             files[path] = sha
     payload = {"commit": git("rev-parse", "HEAD").strip(), "files": files}
-    run_files.write_json(stamp, payload)
+    # Its own atomic write, not experiments.run_files': device_bundle.sh runs this with a plain python3,
+    # which need not have torch, and the device runs it before anything else.
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    tmp = stamp.with_name(stamp.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=0, sort_keys=True))
+    os.replace(tmp, stamp)
     return payload
 
 
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("action", choices=("write", "check"))
     parser.add_argument("stamp", type=Path)
-    parser.add_argument("--root", type=Path, default=_REPO)
+    parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[1])
     args = parser.parse_args(argv)
     if args.action == "write":
         try:
