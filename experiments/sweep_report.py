@@ -11,7 +11,6 @@ reports its packs' failures itself.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import sys
@@ -45,10 +44,10 @@ def _reported(folder: Path | None) -> list[tuple[str, str]]:
     found = dict(FAILED)
     if folder is not None and folder.is_dir():
         for path in sorted(folder.glob("*.json")):
-            try:
-                entry = json.loads(path.read_text())
+            entry = run_files.read_json(path)
+            if isinstance(entry, dict) and "run" in entry and "error" in entry:
                 found.setdefault(str(entry["run"]), str(entry["error"]))
-            except (OSError, ValueError, KeyError, TypeError):
+            else:
                 found.setdefault(path.name, "a failure record that cannot be read; see the runs' summary.json")
     return sorted(found.items())
 
