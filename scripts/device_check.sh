@@ -7,7 +7,7 @@
 #   run(command="bash scripts/device_check.sh", carry=["datasets/cifar10-jpeg", ".whl"], timeout_s=590)
 # Everything it keeps goes to $OUT (the device tool's folder; outputs/device_check otherwise), 8 files at most:
 #   device_check.log, bench_optimizers.json, bench.json, precision.md, precision.json, precision_runs.tar.gz,
-#   grid_WINDOW.tar.gz, stages.json
+#   grid_WINDOW.tar.gz (WINDOW: the window or part that ran), stages.json
 # Stages:
 #   env        GPU, driver, Python and torch versions
 #   tests      the optimizer and fused-optimizer exactness tests on CUDA (tests/test_optimizers.py, test_fused.py)
@@ -18,9 +18,12 @@
 #   precision  experiment=precision_check (fp32 vs tf32 vs bf16, 2 methods x 4 seeds, 5 epochs) on the fastest
 #              eager route the benchmark measured for 12 members; scripts/precision_check.py judges it
 #   grid       one window of the full-scale experiments (GRID_WINDOW, scripts/full_scale.py; default blog-s0, one
-#              seed of the post's grid: 24 runs x 50 epochs, a pack of 24) on the fastest route and compile mode
-#              measured for 24 members (GRID_ROUTE, GRID_COMPILE, GRID_PRECISION override; the config's precision,
-#              fp32, otherwise); only when the estimate fits in what is left
+#              seed of the post's grid: 24 runs x 50 epochs, a pack of 24; or a part of one, WINDOW.IofN) on the
+#              fastest route and compile mode measured for its pack size (GRID_ROUTE, GRID_COMPILE, GRID_PRECISION
+#              override; the config's precision, fp32, otherwise); a window that does not fit in what is left at
+#              the measured rates runs as part 1 of the fewest parts that fit; skipped when nothing fits. Rates
+#              from this run's bench.json, else from GRID_BENCH (a committed results/benchmark_cuda/*.json, for a
+#              command after the one that measured); GRID_NEEDS_S replaces the estimate
 # Each stage runs only if time is left before DEADLINE_S (default 540 s after the start); a stage that fails or
 # runs out of time is recorded in stages.json and the next one goes on.
 # A dry run of the plumbing on a CPU (what tests/test_device_check.py does): DEVICE=cpu, TESTS_SELECT, BENCH_ARGS,
@@ -57,17 +60,15 @@ run_stage() {
     if [ $rc -eq 0 ]; then record "$name" ok; else record "$name" "failed (exit $rc)"; fi
     return $rc
 }
-# best FIELD K [eager]: the fastest measured pack of K members in bench.json (route or compile mode).
-best() {
-    python3 - "$OUT/bench.json" "$1" "$2" "${3:-}" <<'PY' 2>/dev/null
+# best_eager_route K: the route of the fastest measured eager pack of K members in bench.json.
+best_eager_route() {
+    python3 - "$OUT/bench.json" "$1" <<'PY' 2>/dev/null
 import json, sys
-path, field, k, eager = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "eager"
-r = json.load(open(path))
-packs = [(r["images_per_s"][n]["median"], p) for n, p in r["pipelines"].items()
-         if p["kind"] == "pack" and str(p["members"]) == k and not (eager and p["compile"])]
+r = json.load(open(sys.argv[1]))
+packs = [(r["images_per_s"][n]["median"], p["route"]) for n, p in r["pipelines"].items()
+         if p["kind"] == "pack" and str(p["members"]) == sys.argv[2] and not p["compile"]]
 if packs:
-    rate, p = max(packs, key=lambda x: x[0])
-    print({"route": p["route"], "compile": p["compile"] or "false", "rate": int(rate)}[field])
+    print(max(packs)[1])
 PY
 }
 
@@ -123,7 +124,7 @@ torchvision.__version__, torch.cuda.get_device_name(0), torch.backends.cudnn.ver
         run_stage bench 120 python3 scripts/benchmark.py --device "$DEVICE" "${args[@]}" --json "$OUT/bench.json"
         ;;
     precision)
-        route=${PRECISION_ROUTE:-$(best route 12 eager)}
+        route=${PRECISION_ROUTE:-$(best_eager_route 12)}
         run_stage precision 150 python3 -m experiments.train -m experiment=precision_check launcher=packed \
             hydra.launcher.packed_init=own "hydra.launcher.route=${route:-auto}" "${COMMON[@]}" ${PRECISION_ARGS:-}
         if [ -d "$RUNS/sweeps/precision_check" ]; then
@@ -133,22 +134,20 @@ torchvision.__version__, torch.cuda.get_device_name(0), torch.backends.cudnn.ver
         fi
         ;;
     grid)
-        # One window of the full-scale experiments (scripts/full_scale.py; blog-s0: one seed of the post's grid).
-        window=${GRID_WINDOW:-blog-s0}
-        if ! overrides=$(python3 scripts/full_scale.py overrides "$window") \
-                || ! images=$(python3 scripts/full_scale.py images "$window") \
-                || ! sweep=$(python3 scripts/full_scale.py sweep "$window"); then
-            record grid "failed (window $window: see the error above)"
+        # One window of the full-scale experiments (scripts/full_scale.py; blog-s0: one seed of the post's grid),
+        # or, when it does not fit in what is left at the rates measured, part 1 of the fewest parts that fit.
+        bench=${GRID_BENCH:-$OUT/bench.json}
+        [ -f "$bench" ] || bench=
+        if ! plan=$(python3 scripts/full_scale.py device-plan "${GRID_WINDOW:-blog-s0}" ${bench:+--bench "$bench"} \
+                --seconds $(( $(left) - 5 ))); then
+            record grid "failed (window ${GRID_WINDOW:-blog-s0}: see the error above)"
             continue
         fi
-        route=${GRID_ROUTE:-$(best route 24)}
-        mode=${GRID_COMPILE:-$(best compile 24)}
-        rate=$(best rate 24)
-        # Its training images at the rate measured for 24 members, plus a test pass per epoch (a tenth of the
-        # images, a third of the cost) and a minute of compiling.
-        need=$(( ${rate:-0} > 0 ? images * 11 / 10 / ${rate:-1} + 60 : 0 ))
-        [ -n "${rate:-}" ] || need=${GRID_NEEDS_S:-0}
-        say "grid: window $window ($overrides, $(( images / 1000000 )) M images), route ${route:-auto}, compile ${mode:-false}, ${rate:-unmeasured} img/s for 24 members, estimate ${need}s"
+        eval "$plan"  # window overrides sweep images runs route mode rate need
+        route=${GRID_ROUTE:-$route}
+        mode=${GRID_COMPILE:-$mode}
+        need=${GRID_NEEDS_S:-${need:-0}}
+        say "grid: window $window ($overrides, $runs runs, $(( images / 1000000 )) M images), route ${route:-auto}, compile ${mode:-false}, ${rate:-unmeasured} img/s for its packs${bench:+ (from $bench)}, estimate ${need}s"
         # shellcheck disable=SC2086
         run_stage grid "$need" python3 -m experiments.train -m $overrides launcher=packed \
             "hydra.launcher.route=${route:-auto}" "trainer.compile=${mode:-false}" \

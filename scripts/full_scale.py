@@ -7,20 +7,30 @@ runs, each small enough for one device command at the fast engine's target rate 
 come back as one tarball of run folders, and `merge` adds them to the sweep folder that collect.py
 reads, so every window of an experiment joins one sweep.
 
-    python scripts/full_scale.py plan [--sweeps outputs/sweeps]    # every window: runs, images, what is done
-    python scripts/full_scale.py overrides WINDOW                   # its Hydra overrides (device_check.sh)
+    python scripts/full_scale.py plan [--sweeps outputs/sweeps] [--bench BENCH_JSON] [--seconds 480]
+    python scripts/full_scale.py overrides WINDOW                   # its Hydra overrides
     python scripts/full_scale.py images WINDOW                      # training images it trains, all runs
     python scripts/full_scale.py sweep WINDOW                       # the sweep folder its runs go to
+    python scripts/full_scale.py device-plan WINDOW [--bench BENCH_JSON] [--seconds S]   # for device_check.sh
     python scripts/full_scale.py merge TARBALL... [--into outputs/sweeps]
+
+A window too big for the rate the device measured is run in parts: WINDOW.IofN is part I of N, the
+window's runs cut along some of its swept axes (blog-s0.1of2: AdamW's 12 runs of seed 0), each part
+whole runs still. `plan --bench` sizes the parts from a benchmark's rates and names the next one;
+`device-plan` does the same on the device with the rates measured there, and splits a window that
+does not fit in the seconds left.
 
 On the device: GRID_WINDOW=WINDOW bash scripts/device_check.sh env grid (results/benchmarks.md).
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import math
 import os
+import re
+import shlex
 import shutil
 import sys
 import tarfile
@@ -38,6 +48,15 @@ from experiments.run_identity import differences  # noqa: E402
 from experiments.run_record import is_done, one_line  # noqa: E402
 
 CIFAR10_TRAIN_IMAGES = 50_000
+# What a pack's time is estimated as, in device_check.sh and here: its training images at the measured
+# aggregate rate, plus a test pass per epoch (a tenth of the images, a third of the cost), plus a minute
+# of start-up and compiling per pack.
+EVAL_OVERHEAD = 1.1
+PACK_START_S = 60
+# Keys a pack's members may differ in (experiments/packed.py MEMBER_KEYS, with packed_init=shared):
+# runs that differ in any other swept key train in separate packs, one after another.
+MEMBER_KEY_PREFIXES = ("optimizer", "loss_multiplier")
+PART = re.compile(r"^(?P<window>.+)\.(?P<index>\d+)of(?P<count>\d+)$")
 
 
 @dataclass(frozen=True)
@@ -82,37 +101,176 @@ class Grid:
     runs: list[dict[str, Any]]  # each run's value of every swept key (config group choices by name) and its scale
     epochs: int
     train_images: int
+    axes: dict[str, list[str]]  # each swept key with more than one value: its values as the sweeper writes them
 
     @property
     def images(self) -> int:
         return len(self.runs) * self.epochs * self.train_images
 
+    def pack_sizes(self) -> list[int]:
+        """Members of each pack launcher=packed makes of these runs (packed_init=shared), in order."""
+        packs: dict[tuple, int] = {}
+        for run in self.runs:
+            key = tuple((k, str(v)) for k, v in run.items()
+                        if not any(k == p or k.startswith(p + ".") for p in MEMBER_KEY_PREFIXES))
+            packs[key] = packs.get(key, 0) + 1
+        return list(packs.values())
 
-def grid(w: Window) -> Grid:
-    """The window's runs: the experiment's sweep with the window's axes in place of the experiment's."""
+
+@functools.lru_cache(maxsize=None)
+def _experiment(experiment: str) -> tuple[str, tuple[tuple[str, str], ...], int, Any, str]:
+    """(sweep id, sweeper axes, epochs, data subset, data name) of an experiment config (composed once)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(_REPO / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"experiment={w.experiment}"], return_hydra_config=True)
-    axes = {str(k): str(v) for k, v in cfg.hydra.sweeper.params.items()}
+        cfg = compose("train", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+    axes = tuple((str(k), str(v)) for k, v in cfg.hydra.sweeper.params.items())
+    return str(cfg.name), axes, int(cfg.trainer.epochs), cfg.data.subset, str(cfg.data.name)
+
+
+def grid(w: Window) -> Grid:
+    """The window's runs: the experiment's sweep with the window's axes in place of the experiment's."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    sweep_id, sweeper_axes, epochs, subset, data_name = _experiment(w.experiment)
+    axes = dict(sweeper_axes)
     for override in w.overrides:
         key, value = override.split("=", 1)
         axes[key] = value
     parser = OverridesParser.create()
-    values = {}
+    values, swept = {}, {}
     for parsed in parser.parse_overrides([f"{k}={v}" for k, v in axes.items()]):
         key = parsed.get_key_element()
         values[key] = list(parsed.sweep_iterator()) if parsed.is_sweep_override() else [parsed.value()]
+        if len(values[key]) > 1:  # the strings the sweeper puts in run folder names (1e-3 as 0.001)
+            swept[key] = list(parsed.sweep_string_iterator())
     # Runs of the same sweep made at another scale (a data subset, fewer epochs) are not this window's runs.
-    values.update({"trainer.epochs": [int(cfg.trainer.epochs)], "data.subset": [cfg.data.subset],
-                   "data.name": [str(cfg.data.name)]})
+    values.update({"trainer.epochs": [epochs], "data.subset": [subset], "data.name": [data_name]})
     runs = [dict(zip(values, combo)) for combo in itertools.product(*values.values())]
-    if cfg.data.name != "cifar10":
+    if data_name != "cifar10":
         raise WindowError(f"window {w.name}: experiment {w.experiment} is not on CIFAR-10; full-scale windows are")
-    return Grid(str(cfg.name), runs, int(cfg.trainer.epochs), int(cfg.data.subset or CIFAR10_TRAIN_IMAGES))
+    return Grid(sweep_id, runs, epochs, int(subset or CIFAR10_TRAIN_IMAGES), swept)
+
+
+# ------------------------------------------------------------------------------------------- parts
+
+def _split_keys(g: Grid, count: int) -> list[str] | None:
+    """The swept keys whose values cut the window into `count` parts: fewest keys first, then sweep order."""
+    keys = list(g.axes)
+    for size in range(1, len(keys) + 1):
+        for chosen in itertools.combinations(keys, size):
+            if math.prod(len(g.axes[k]) for k in chosen) == count:
+                return list(chosen)
+    return None
+
+
+def part_counts(g: Grid) -> list[int]:
+    """Every number of parts the window can be cut into along its swept axes (1: whole)."""
+    keys = list(g.axes)
+    return sorted({math.prod(len(g.axes[k]) for k in chosen)
+                   for size in range(len(keys) + 1) for chosen in itertools.combinations(keys, size)})
+
+
+def parts(w: Window, count: int) -> list[Window]:
+    """The window cut into `count` parts of whole runs, WINDOW.1ofN ... WINDOW.NofN."""
+    if count == 1:
+        return [w]
+    g = grid(w)
+    keys = _split_keys(g, count)
+    if keys is None:
+        raise WindowError(f"window {w.name} ({len(g.runs)} runs) cannot be cut into {count} parts along its "
+                          f"axes; choose from {', '.join(map(str, part_counts(g)))}")
+    cut = []
+    for i, combo in enumerate(itertools.product(*(g.axes[k] for k in keys)), 1):
+        overrides = dict(o.split("=", 1) for o in w.overrides)  # a cut axis the window set replaces its value
+        overrides.update(zip(keys, combo))
+        cut.append(Window(f"{w.name}.{i}of{count}", w.chunk, w.experiment,
+                          tuple(f"{k}={v}" for k, v in overrides.items())))
+    return cut
+
+
+def resolve(name: str) -> Window:
+    """A window by name, or one part of it (WINDOW.IofN)."""
+    match = PART.match(name)
+    if not match:
+        return window(name)
+    index, count = int(match["index"]), int(match["count"])
+    if not 1 <= index <= count:
+        raise WindowError(f"part {name}: I in WINDOW.IofN runs from 1 to N")
+    return parts(window(match["window"]), count)[index - 1]
+
+
+# ------------------------------------------------------------------------------------------- rates
+
+@dataclass(frozen=True)
+class Rate:
+    members: int  # the pack size it was measured at
+    images_per_s: float  # aggregate
+    route: str
+    compile: str  # false, default, reduce-overhead, max-autotune
+
+
+def bench_rates(path: Path) -> dict[int, Rate]:
+    """The fastest measured pipeline of each pack size in a scripts/benchmark.py JSON (the single run is 1)."""
+    bench = run_files.read_json(path)
+    if not isinstance(bench, dict) or not isinstance(bench.get("pipelines"), dict):
+        raise WindowError(f"{path} is not a scripts/benchmark.py JSON (no pipelines); give the bench.json a "
+                          "device check wrote")
+    best: dict[int, Rate] = {}
+    for name, p in bench["pipelines"].items():
+        rate = (bench.get("images_per_s", {}).get(name) or {}).get("median")
+        if p.get("kind") not in ("pack", "single") or not isinstance(rate, (int, float)) or not rate > 0:
+            continue
+        if p.get("stats_every"):  # with layer statistics: not what a grid run does
+            continue
+        k = int(p.get("members") or 1)
+        if k not in best or rate > best[k].images_per_s:
+            best[k] = Rate(k, float(rate), str(p.get("route") or "loop"), str(p.get("compile") or "false"))
+    return best
+
+
+def rate_for(rates: dict[int, Rate], members: int) -> Rate | None:
+    """The rate a pack of `members` is planned at: measured at that size; between two measured sizes, the
+    straight line between their rates (aggregate rates grow ever slower with the pack, so the line errs
+    long), with the route and compile mode of the nearer size; beyond the largest, the largest's rate;
+    below the smallest, none."""
+    if members in rates:
+        return rates[members]
+    below = [k for k in rates if k < members]
+    above = [k for k in rates if k > members]
+    if not below:
+        return None
+    lo = rates[max(below)]
+    if not above:
+        return Rate(members, lo.images_per_s, lo.route, lo.compile)
+    hi = rates[min(above)]
+    share = (members - lo.members) / (hi.members - lo.members)
+    near = hi if math.log(hi.members / members) <= math.log(members / lo.members) else lo
+    return Rate(members, lo.images_per_s + share * (hi.images_per_s - lo.images_per_s), near.route, near.compile)
+
+
+def estimate_s(g: Grid, rates: dict[int, Rate]) -> int | None:
+    """Seconds the window's packs take one after another at the measured rates; None if a size is unmeasured."""
+    total = 0.0
+    for size in g.pack_sizes():
+        rate = rate_for(rates, size)
+        if rate is None:
+            return None
+        total += size * g.epochs * g.train_images * EVAL_OVERHEAD / rate.images_per_s + PACK_START_S
+    return math.ceil(round(total, 6))  # 1.1 is no float: 30 M x 1.1 / 60,000 is 550, not 550.0000001
+
+
+def fitting_parts(w: Window, rates: dict[int, Rate], seconds: float) -> list[tuple[int, list[Window]]]:
+    """Each part count whose every part fits in `seconds` at the rates, fewest parts first."""
+    fitting = []
+    for count in part_counts(grid(w)):
+        cut = parts(w, count)
+        estimates = [estimate_s(grid(p), rates) for p in cut]
+        if all(e is not None and e <= seconds for e in estimates):
+            fitting.append((count, cut))
+    return fitting
 
 
 def _setting(config: dict, key: str) -> Any:
@@ -150,23 +308,76 @@ def window_status(g: Grid, summaries: dict[Path, dict]) -> dict[str, int]:
     return counts
 
 
-def plan(sweeps: Path) -> str:
-    lines = ["| window | chunk | experiment | runs | images | in " + str(sweeps) + " |", "|---|---:|---|---:|---:|---|"]
+def _device_call(name: str) -> str:
+    return (f"run(command=\"GRID_WINDOW={name} bash scripts/device_check.sh env grid\", "
+            "carry=[\"datasets/cifar10-jpeg\", \".whl\"], timeout_s=590) after scripts/device_bundle.sh")
+
+
+def next_part(w: Window, summaries: dict[Path, dict], rates: dict[int, Rate], seconds: float) -> Window | None:
+    """The part of an unfinished window to run next in `seconds`: of the fewest parts that fit, one none of
+    whose runs is there yet (else one that has runs still to do); None when no part fits."""
+    fitting = fitting_parts(w, rates, seconds)
+    for _, cut in fitting:
+        for p in cut:
+            if set(window_status(grid(p), summaries)) == {"missing"}:
+                return p
+    for _, cut in fitting[:1]:
+        for p in cut:
+            if window_status(grid(p), summaries).get("done", 0) < len(grid(p).runs):
+                return p
+    return None
+
+
+def plan(sweeps: Path, rates: dict[int, Rate] | None = None, seconds: float = 480) -> str:
+    sized = f" | parts in {seconds:.0f} s" if rates else ""
+    lines = [f"| window | chunk | experiment | runs | images | in {sweeps}{sized} |",
+             "|---|---:|---|---:|---:|---|" + ("---:|" if rates else "")]
     next_window = None
     for w in WINDOWS:
         g = grid(w)
-        counts = window_status(g, read_summaries(sweeps / g.sweep_id))
+        summaries = read_summaries(sweeps / g.sweep_id)
+        counts = window_status(g, summaries)
         shown = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
         if next_window is None and counts.get("done", 0) < len(g.runs):
-            next_window = w.name
+            next_window = (w, summaries)
+        if rates:
+            fitting = fitting_parts(w, rates, seconds)
+            shown += f" | {fitting[0][0] if fitting else 'none fits'}"
         lines.append(f"| {w.name} | {w.chunk} | {w.experiment} {' '.join(w.overrides)} | {len(g.runs)} | "
                      f"{g.images / 1e6:.0f} M | {shown} |")
     if next_window is None:
         lines.append("\nEvery window is done.")
+        return "\n".join(lines)
+    w, summaries = next_window
+    if rates:
+        p = next_part(w, summaries, rates, seconds)
+        if p is None:
+            lines.append(f"\nNo part of {w.name}, not even one run, fits in {seconds:.0f} s at these rates.")
+            return "\n".join(lines)
+        lines.append(f"\nNext: {p.name} ({' '.join(p.overrides)}; {len(grid(p).runs)} runs, about "
+                     f"{estimate_s(grid(p), rates)} s): " + _device_call(p.name))
     else:
-        lines.append(f"\nNext: run(command=\"GRID_WINDOW={next_window} bash scripts/device_check.sh env grid\", "
-                     "carry=[\"datasets/cifar10-jpeg\", \".whl\"], timeout_s=590) after scripts/device_bundle.sh")
+        lines.append("\nNext: " + _device_call(w.name))
     return "\n".join(lines)
+
+
+def device_plan(name: str, rates: dict[int, Rate], seconds: float) -> dict[str, str]:
+    """What device_check.sh's grid stage runs: the window (or, if it does not fit in `seconds` at the measured
+    rates, part 1 of the fewest parts that fit), its overrides, sweep, route and compile mode, and the estimate."""
+    w = resolve(name)
+    g = grid(w)
+    need = estimate_s(g, rates)
+    if need is not None and need > seconds and not PART.match(name):
+        fitting = fitting_parts(w, rates, seconds)
+        if fitting:
+            w = fitting[0][1][0]
+            g = grid(w)
+            need = estimate_s(g, rates)
+    rate = rate_for(rates, max(g.pack_sizes()))
+    return {"window": w.name, "overrides": " ".join((f"experiment={w.experiment}", *w.overrides)),
+            "sweep": g.sweep_id, "images": str(g.images), "runs": str(len(g.runs)),
+            "route": rate.route if rate else "", "mode": rate.compile if rate else "",
+            "rate": str(int(rate.images_per_s)) if rate else "", "need": "" if need is None else str(need)}
 
 
 # ------------------------------------------------------------------------------------------- merge
@@ -268,6 +479,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="action", required=True)
     p = sub.add_parser("plan", help="every window, its size, and how much of it the sweep folders hold")
     p.add_argument("--sweeps", type=Path, default=Path("outputs/sweeps"))
+    for q in (p, sub.add_parser("device-plan", help="what device_check.sh's grid stage runs, as shell assignments")):
+        q.add_argument("--bench", type=Path, help="a scripts/benchmark.py JSON whose rates size the parts")
+        q.add_argument("--seconds", type=float, default=480, help="what one part may take (default 480)")
+        if q is not p:
+            q.add_argument("window")
     for action in ("overrides", "images", "sweep"):
         sub.add_parser(action).add_argument("window")
     m = sub.add_parser("merge", help="add brought-back run folders to the sweep folders")
@@ -275,10 +491,13 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--into", type=Path, default=Path("outputs/sweeps"))
     args = parser.parse_args(argv)
     try:
+        rates = bench_rates(args.bench) if getattr(args, "bench", None) else {}
         if args.action == "plan":
-            print(plan(args.sweeps))
+            print(plan(args.sweeps, rates or None, args.seconds))
+        elif args.action == "device-plan":
+            print("\n".join(f"{k}={shlex.quote(v)}" for k, v in device_plan(args.window, rates, args.seconds).items()))
         elif args.action in ("overrides", "images", "sweep"):
-            w = window(args.window)
+            w = resolve(args.window)
             if args.action == "overrides":
                 print(" ".join((f"experiment={w.experiment}", *w.overrides)))
             else:

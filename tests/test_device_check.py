@@ -34,13 +34,20 @@ def test_the_device_check_runs_every_stage_and_packs_its_outputs(tmp_path):
     bin_dir.mkdir()
     (bin_dir / "python3").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
     (bin_dir / "python3").chmod(0o755)
+    # Rates of an earlier benchmark (GRID_BENCH) at which the window does not fit but each half does (a pack of
+    # 12 at any speed still takes the minute of start-up): the grid stage runs part 1 of 2.
+    grid_bench = tmp_path / "earlier_bench.json"
+    grid_bench.write_text(json.dumps({
+        "pipelines": {"packed_12_grouped": {"kind": "pack", "members": 12, "route": "grouped", "compile": None},
+                      "packed_24_loop": {"kind": "pack", "members": 24, "route": "loop", "compile": None}},
+        "images_per_s": {"packed_12_grouped": {"median": 1e9}, "packed_24_loop": {"median": 1.0}}}))
     env = cli_env(tmp_path, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", OUT=str(out), WORK=str(work),
                   DEVICE="cpu", DEADLINE_S="900", SOURCE_STAMP=str(stamp), TESTS_SELECT="single_fused_adamw",
                   BENCH_ARGS="--ks 2 --routes loop,grouped --steps 1 --warmup 0 --rounds 1 --min-time 0 "
                              "--batch-size 8 --workers 0 --no-reference --profile --profile-steps 1",
                   OPTIM_ARGS="--steps 1 --repeats 1 --warmup 0", RUN_ARGS=TINY,
                   PRECISION_ARGS="trainer.precision=fp32,bf16 seed=0,1",
-                  GRID_ARGS="optimizer.lr=1e-3 optimizer.weight_decay=1e-4,1e-2")
+                  GRID_ARGS="optimizer.lr=1e-3 optimizer.weight_decay=1e-4,1e-2", GRID_BENCH=str(grid_bench))
     proc = subprocess.run(["bash", "scripts/device_check.sh", "tests", "bench", "precision", "grid", "optim"], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:]
@@ -51,29 +58,31 @@ def test_the_device_check_runs_every_stage_and_packs_its_outputs(tmp_path):
     bench = json.loads((out / "bench.json").read_text())
     assert {"packed_2_loop", "packed_2_grouped"} <= set(bench["images_per_s"])
     assert bench["profile"]["packed_2_grouped"]["host_ops_per_step"] > 0
-    # The grid ran on the fastest route the benchmark measured for its pack size (24 here has none: auto).
-    assert "grid: window blog-s0 (experiment=blog_adamw_vs_adamp seed=0, 60 M images), route auto, compile false" \
-        in proc.stdout
+    # The window did not fit at GRID_BENCH's rates: its first half ran, on the route measured for 12 members.
+    assert ("grid: window blog-s0.1of2 (experiment=blog_adamw_vs_adamp seed=0 optimizer=adamw, 12 runs, 30 M "
+            "images), route grouped, compile false, 1000000000 img/s for its packs") in proc.stdout
     precision = json.loads((out / "precision.json").read_text())
     assert set(precision["acceptable"]) == {"fp32", "tf32", "bf16"} and precision["seeds"] == [0, 1]
     assert "Cheapest acceptable precision" in (out / "precision.md").read_text()
-    with tarfile.open(out / "grid_blog-s0.tar.gz") as tar:
+    with tarfile.open(out / "grid_blog-s0.1of2.tar.gz") as tar:
         names = tar.getnames()
         summaries = [n for n in names if n.endswith("/summary.json")]
         recorded = {json.load(tar.extractfile(n))["git_commit"] for n in summaries}
-    assert len(summaries) == 4 and not any(n.endswith(".pt") for n in names)
+    assert len(summaries) == 2 and not any(n.endswith(".pt") for n in names)
+    # The part's run folders are named as the whole window's would be: only AdamW's, seed 0.
+    assert all("optimizer=adamw," in n and ",seed=0," in n and "optimizer.lr=0.001," in n for n in summaries)
     assert recorded == {expected_commit} and bench["git_commit"] == expected_commit
     assert all("trainer.compile" not in n for n in summaries)  # compiling changes no run folder
     assert len(list(out.iterdir())) <= 8  # what the device tool brings back
     assert (out / "device_check.log").read_text().count("===") >= 8
     # Brought home: the window's runs join the sweep folder collect.py reads.
     sweeps = tmp_path / "sweeps"
-    assert full_scale.main(["merge", str(out / "grid_blog-s0.tar.gz"), "--into", str(sweeps)]) == 0
+    assert full_scale.main(["merge", str(out / "grid_blog-s0.1of2.tar.gz"), "--into", str(sweeps)]) == 0
     assert collect.main([str(sweeps / "blog_adamw_vs_adamp"), "-o", str(tmp_path / "grid.csv")]) == 0
     import pandas as pd
 
     results = pd.read_csv(tmp_path / "grid.csv")
-    assert len(results) == 4 and set(results["status"]) == {"finished"}
+    assert len(results) == 2 and set(results["status"]) == {"finished"} and set(results["optimizer"]) == {"adamw"}
     assert set(results["git_commit"]) == {expected_commit}
 
 

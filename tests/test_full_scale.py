@@ -149,3 +149,129 @@ def test_plan_counts_each_windows_runs_by_status_and_names_the_next_window(tmp_p
     assert "| blog-s0 | 1 | blog_adamw_vs_adamp seed=0 | 24 | 60 M | 24 done |" in table
     assert "| blog-s1 | 2 | blog_adamw_vs_adamp seed=1 | 24 | 60 M | 1 interrupted, 23 missing |" in table
     assert 'Next: run(command="GRID_WINDOW=blog-s1 bash scripts/device_check.sh env grid"' in table
+
+
+def _bench(path: Path, rates: dict[str, tuple[int, str, str | None, float]]) -> Path:
+    """A scripts/benchmark.py JSON holding these pipelines: name -> (members, route, compile, images/s)."""
+    path.write_text(json.dumps({
+        "pipelines": {n: {"kind": "single" if n.startswith("single") else "pack", "members": k, "route": r,
+                          "compile": c} for n, (k, r, c, _) in rates.items()},
+        "images_per_s": {n: {"median": v} for n, (_, _, _, v) in rates.items()}}))
+    return path
+
+
+RATES = {"single": (1, "loop", None, 20_000.0), "packed_4_vmap": (4, "vmap", None, 40_000.0),
+         "packed_12_grouped": (12, "grouped", None, 60_000.0), "packed_24_grouped": (24, "grouped", None, 70_000.0),
+         "packed_24_grouped_reduce-overhead": (24, "grouped", "reduce-overhead", 90_000.0)}
+
+
+@pytest.mark.parametrize("name", [w.name for w in full_scale.WINDOWS])
+def test_every_cut_of_a_window_is_parts_of_whole_runs_each_run_once(name):
+    w = full_scale.window(name)
+    whole = full_scale.grid(w)
+    counts = full_scale.part_counts(whole)
+    assert counts[0] == 1 and counts[-1] == len(whole.runs)
+    for count in counts:
+        cut = full_scale.parts(w, count)
+        assert [p.name for p in cut] == ([name] if count == 1 else [f"{name}.{i}of{count}" for i in
+                                                                    range(1, count + 1)])
+        runs = [run for p in cut for run in full_scale.grid(p).runs]
+        assert Counter(map(_key, runs)) == Counter(map(_key, whole.runs)), count  # none missing, none twice
+        assert {len(full_scale.grid(p).runs) for p in cut} == {len(whole.runs) // count}
+        for p in cut:  # each key once on the command line: a cut axis the window set is replaced, not repeated
+            keys = [o.split("=", 1)[0] for o in p.overrides]
+            assert len(keys) == len(set(keys)), p
+            assert full_scale.resolve(p.name) == p
+
+
+def test_a_part_is_cut_along_the_fewest_axes_and_named_as_the_sweeper_writes_values():
+    half, quarter = full_scale.resolve("blog-s0.2of2"), full_scale.resolve("blog-s0.1of4")
+    assert half.overrides == ("seed=0", "optimizer=adamp")
+    assert quarter.overrides == ("seed=0", "optimizer.weight_decay=1e-05")  # what run folder names hold
+    assert {r["optimizer.weight_decay"] for r in full_scale.grid(quarter).runs} == {1e-5}
+    assert full_scale.resolve("scale_free-s01.2of2").overrides == ("seed=1",)
+    # Packs: two seeds cannot share one (packed_init=shared), methods and loss multipliers can.
+    assert full_scale.grid(full_scale.window("scale_free-s01")).pack_sizes() == [12, 12]
+    assert full_scale.grid(full_scale.window("blog-s0")).pack_sizes() == [24]
+
+
+@pytest.mark.parametrize("name, message", [
+    ("blog-s0.1of5", "window blog-s0 (24 runs) cannot be cut into 5 parts along its axes; choose from 1, 2, 3, 4, 6"),
+    ("blog-s0.3of2", "part blog-s0.3of2: I in WINDOW.IofN runs from 1 to N"),
+    ("blog-s9.1of2", "unknown window 'blog-s9'"),
+])
+def test_a_bad_part_is_a_one_line_error(capsys, name, message):
+    assert full_scale.main(["overrides", name]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
+def test_rates_are_the_measured_ones_or_the_line_between_two_sizes(tmp_path):
+    rates = full_scale.bench_rates(_bench(tmp_path / "bench.json", RATES))
+    assert rates[24] == full_scale.Rate(24, 90_000.0, "grouped", "reduce-overhead")  # the fastest of a size
+    assert rates[1] == full_scale.Rate(1, 20_000.0, "loop", "false")
+    assert full_scale.rate_for(rates, 12) == rates[12]
+    eight = full_scale.rate_for(rates, 8)  # half way from 4 to 12; nearer 12 by ratio
+    assert eight.images_per_s == pytest.approx(50_000.0) and eight.route == "grouped"
+    six = full_scale.rate_for(rates, 6)
+    assert six.images_per_s == pytest.approx(45_000.0) and six.route == "vmap"
+    assert full_scale.rate_for(rates, 48).images_per_s == 90_000.0  # beyond the largest: the largest's
+    assert full_scale.rate_for({12: rates[12]}, 4) is None  # below the smallest: unknown
+    # blog-s0 at 90,000 images/s: 60 M x 1.1 / 90,000 + 60 s.
+    assert full_scale.estimate_s(full_scale.grid(full_scale.window("blog-s0")), rates) == 794
+    # scale_free-s01 is two packs of 12, one after the other.
+    assert full_scale.estimate_s(full_scale.grid(full_scale.window("scale_free-s01")), rates) == 2 * (550 + 60)
+
+
+def test_a_bad_bench_file_is_a_one_line_error(tmp_path, capsys):
+    bad = tmp_path / "bench.json"
+    bad.write_text("{not json")
+    assert full_scale.main(["device-plan", "blog-s0", "--bench", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not a scripts/benchmark.py JSON" in err
+
+
+def _shell(capsys, *argv: str) -> dict[str, str]:
+    import shlex
+
+    assert full_scale.main(["device-plan", *argv]) == 0
+    return dict(shlex.split(line)[0].split("=", 1) for line in capsys.readouterr().out.splitlines())
+
+
+def test_the_device_runs_the_window_if_it_fits_else_part_one_of_the_fewest_parts_that_fit(tmp_path, capsys):
+    bench = str(_bench(tmp_path / "bench.json", RATES))
+    whole = _shell(capsys, "blog-s0", "--bench", bench, "--seconds", "800")
+    assert whole == {"window": "blog-s0", "overrides": "experiment=blog_adamw_vs_adamp seed=0",
+                     "sweep": "blog_adamw_vs_adamp", "images": "60000000", "runs": "24", "route": "grouped",
+                     "mode": "reduce-overhead", "rate": "90000", "need": "794"}
+    # 480 s: halves (12 runs at 60,000/s: 610 s) and thirds (8 at 50,000/s: 500 s) do not fit, quarters do.
+    part = _shell(capsys, "blog-s0", "--bench", bench, "--seconds", "480")
+    assert part["window"] == "blog-s0.1of4" and part["runs"] == "6" and part["route"] == "vmap"
+    assert part["overrides"] == "experiment=blog_adamw_vs_adamp seed=0 optimizer.weight_decay=1e-05"
+    assert int(part["need"]) <= 480
+    # A part named is run as named; nothing fits: the window as named, its estimate over (the stage skips it).
+    assert _shell(capsys, "blog-s0.2of2", "--bench", bench, "--seconds", "100")["window"] == "blog-s0.2of2"
+    assert _shell(capsys, "blog-s0", "--bench", bench, "--seconds", "30")["need"] == "794"
+    # No benchmark: the window as named, no estimate.
+    unmeasured = _shell(capsys, "blog-s0", "--seconds", "30")
+    assert unmeasured["window"] == "blog-s0" and unmeasured["need"] == unmeasured["rate"] == ""
+
+
+def test_plan_sizes_parts_by_the_rates_and_names_a_part_none_of_whose_runs_is_there(tmp_path):
+    bench = full_scale.bench_rates(_bench(tmp_path / "bench.json", RATES))
+    sweep = tmp_path / "sweeps" / "blog_adamw_vs_adamp"
+    for i, run in enumerate(full_scale.grid(full_scale.resolve("blog-s0.1of4")).runs):
+        config = {"optimizer": {"name": run["optimizer"], "lr": run["optimizer.lr"],
+                                "weight_decay": run["optimizer.weight_decay"]}, "seed": run["seed"],
+                  "trainer": {"epochs": 50}, "data": {"name": "cifar10", "subset": None}}
+        (sweep / f"run{i}").mkdir(parents=True)
+        (sweep / f"run{i}" / "summary.json").write_text(json.dumps({"status": "finished", "config": config}))
+    table = full_scale.plan(tmp_path / "sweeps", bench, 480)
+    assert "| blog-s0 | 1 | blog_adamw_vs_adamp seed=0 | 24 | 60 M | 6 done, 18 missing | 4 |" in table
+    assert "| scale_free-s2 | 3 | scale_free seed=2 | 12 | 30 M | 12 missing | 3 |" in table
+    assert "Next: blog-s0.2of4 (seed=0 optimizer.weight_decay=0.0001; 6 runs, about 427 s)" in table
+    assert 'run(command="GRID_WINDOW=blog-s0.2of4 bash scripts/device_check.sh env grid"' in table
+    # At a rate where not one run fits, the plan says so.
+    slow = {1: full_scale.Rate(1, 1_000.0, "loop", "false")}
+    assert "No part of blog-s0, not even one run, fits in 480 s at these rates." in full_scale.plan(
+        tmp_path / "sweeps", slow, 480)
