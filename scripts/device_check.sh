@@ -22,8 +22,9 @@
 #              fastest route and compile mode measured for its pack size (GRID_ROUTE, GRID_COMPILE, GRID_PRECISION
 #              override; the config's precision, fp32, otherwise); a window that does not fit in what is left at
 #              the measured rates runs as part 1 of the fewest parts that fit; skipped when nothing fits. Rates
-#              from this run's bench.json, else from GRID_BENCH (a committed results/benchmark_cuda/*.json, for a
-#              command after the one that measured); GRID_NEEDS_S replaces the estimate
+#              from GRID_BENCH (e.g. a committed results/benchmark_cuda/*.json), else this command's bench.json,
+#              else the one an earlier command left on this still-warm machine ($WORK/bench.json); GRID_NEEDS_S
+#              replaces the estimate
 # Each stage runs only if time is left before DEADLINE_S (default 540 s after the start); a stage that fails or
 # runs out of time is recorded in stages.json and the next one goes on.
 # A dry run of the plumbing on a CPU (what tests/test_device_check.py does): DEVICE=cpu, TESTS_SELECT, BENCH_ARGS,
@@ -122,6 +123,8 @@ torchvision.__version__, torch.cuda.get_device_name(0), torch.backends.cudnn.ver
               --packs 24:grouped:reduce-overhead --processes 4 --magnitude-stats-every 100 --steps 20 --warmup 5
               --rounds 2 --min-time 1 --profile})
         run_stage bench 120 python3 scripts/benchmark.py --device "$DEVICE" "${args[@]}" --json "$OUT/bench.json"
+        # The device tool empties $OUT before each command; a next command on the still-warm machine finds it here.
+        [ -f "$OUT/bench.json" ] && cp "$OUT/bench.json" "$WORK/bench.json"
         ;;
     precision)
         route=${PRECISION_ROUTE:-$(best_eager_route 12)}
@@ -136,8 +139,14 @@ torchvision.__version__, torch.cuda.get_device_name(0), torch.backends.cudnn.ver
     grid)
         # One window of the full-scale experiments (scripts/full_scale.py; blog-s0: one seed of the post's grid),
         # or, when it does not fit in what is left at the rates measured, part 1 of the fewest parts that fit.
-        bench=${GRID_BENCH:-$OUT/bench.json}
-        [ -f "$bench" ] || bench=
+        bench=${GRID_BENCH:-}
+        for found in "$OUT/bench.json" "$WORK/bench.json"; do  # this command's, else an earlier one's here
+            [ -n "$bench" ] || [ ! -f "$found" ] || bench=$found
+        done
+        if [ -n "$bench" ] && [ ! -f "$bench" ]; then
+            record grid "failed (GRID_BENCH=$bench is not there; commit it first or leave GRID_BENCH out)"
+            continue
+        fi
         if ! plan=$(python3 scripts/full_scale.py device-plan "${GRID_WINDOW:-blog-s0}" ${bench:+--bench "$bench"} \
                 --seconds $(( $(left) - 5 ))); then
             record grid "failed (window ${GRID_WINDOW:-blog-s0}: see the error above)"

@@ -20,6 +20,15 @@ from experiments.run_info import git_commit  # noqa: E402
 TINY = "data=synthetic data.train_size=64 data.test_size=20 trainer.batch_size=16 trainer.epochs=1"
 
 
+def _python3_path(tmp_path: Path) -> str:
+    """A PATH whose python3 is this interpreter, as the GPU machine's python3 is its torch environment."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "python3").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (bin_dir / "python3").chmod(0o755)
+    return f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+
+
 def test_the_device_check_runs_every_stage_and_packs_its_outputs(tmp_path):
     out, work = tmp_path / "out", tmp_path / "work"
     # A stamp that names another commit: what the runs record must come from it, not from git here.
@@ -29,11 +38,6 @@ def test_the_device_check_runs_every_stage_and_packs_its_outputs(tmp_path):
     stamped["commit"] = "f" * 40
     stamp.write_text(json.dumps(stamped))
     expected_commit = "f" * 40 + ("-dirty" if git_commit().endswith("-dirty") else "")
-    # python3 on the PATH is this interpreter, as the GPU machine's python3 is its torch environment.
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "python3").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
-    (bin_dir / "python3").chmod(0o755)
     # Rates of an earlier benchmark (GRID_BENCH) at which the window does not fit but each half does (a pack of
     # 12 at any speed still takes the minute of start-up): the grid stage runs part 1 of 2.
     grid_bench = tmp_path / "earlier_bench.json"
@@ -41,7 +45,7 @@ def test_the_device_check_runs_every_stage_and_packs_its_outputs(tmp_path):
         "pipelines": {"packed_12_grouped": {"kind": "pack", "members": 12, "route": "grouped", "compile": None},
                       "packed_24_loop": {"kind": "pack", "members": 24, "route": "loop", "compile": None}},
         "images_per_s": {"packed_12_grouped": {"median": 1e9}, "packed_24_loop": {"median": 1.0}}}))
-    env = cli_env(tmp_path, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", OUT=str(out), WORK=str(work),
+    env = cli_env(tmp_path, PATH=_python3_path(tmp_path), OUT=str(out), WORK=str(work),
                   DEVICE="cpu", DEADLINE_S="900", SOURCE_STAMP=str(stamp), TESTS_SELECT="single_fused_adamw",
                   BENCH_ARGS="--ks 2 --routes loop,grouped --steps 1 --warmup 0 --rounds 1 --min-time 0 "
                              "--batch-size 8 --workers 0 --no-reference --profile --profile-steps 1",
@@ -84,6 +88,32 @@ def test_the_device_check_runs_every_stage_and_packs_its_outputs(tmp_path):
     results = pd.read_csv(tmp_path / "grid.csv")
     assert len(results) == 2 and set(results["status"]) == {"finished"} and set(results["optimizer"]) == {"adamw"}
     assert set(results["git_commit"]) == {expected_commit}
+
+
+def test_a_grid_command_after_the_benchmark_finds_its_rates_on_the_warm_machine(tmp_path):
+    out, work = tmp_path / "out", tmp_path / "work"
+    work.mkdir()
+    # What an earlier command's bench stage left in $WORK ($OUT is emptied between commands): a window of 24
+    # does not fit at its rates, a half (12 members: on the line from 4 to 24) does.
+    (work / "bench.json").write_text(json.dumps({
+        "pipelines": {"packed_4_vmap": {"kind": "pack", "members": 4, "route": "vmap", "compile": None},
+                      "packed_24_grouped": {"kind": "pack", "members": 24, "route": "grouped", "compile": None}},
+        "images_per_s": {"packed_4_vmap": {"median": 1e9}, "packed_24_grouped": {"median": 1.0}}}))
+    env = cli_env(tmp_path, PATH=_python3_path(tmp_path), OUT=str(out), WORK=str(work), DEVICE="cpu",
+                  DEADLINE_S="400", RUN_ARGS=TINY, GRID_ARGS="optimizer.lr=1e-3 optimizer.weight_decay=1e-4")
+    proc = subprocess.run(["bash", "scripts/device_check.sh", "grid"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert f"from {work / 'bench.json'}" in proc.stdout and "grid: window blog-s0.1of2 (" in proc.stdout
+    assert json.loads((out / "stages.json").read_text())[0]["result"] == "ok"
+    with tarfile.open(out / "grid_blog-s0.1of2.tar.gz") as tar:  # AdamW (the part) at lr 1e-3, wd 1e-4
+        summaries = [n for n in tar.getnames() if n.endswith("/summary.json")]
+    assert len(summaries) == 1 and "optimizer=adamw," in summaries[0]
+    # A GRID_BENCH that did not travel: a recorded failure that says what to do, nothing trained.
+    proc = subprocess.run(["bash", "scripts/device_check.sh", "grid"], cwd=REPO, text=True, capture_output=True,
+                          env={**env, "GRID_BENCH": "results/benchmark_cuda/missing.json"}, timeout=120)
+    result = json.loads((out / "stages.json").read_text())[0]["result"]
+    assert result.startswith("failed (GRID_BENCH=results/benchmark_cuda/missing.json is not there; commit it"), result
 
 
 def _fake_summary(root: Path, method: str, precision: str, seed: int, acc: float, norm: float,
