@@ -42,6 +42,14 @@ RESULT_COLUMNS = (
 # A run folder collect could not read: its row says so (with the hyperparameters its config.yaml gives,
 # when it has one), so that figures mark its cell instead of drawing it as "no run".
 UNREADABLE = "unreadable"
+# A run a sweep folder's expected_runs.json lists (scripts/full_scale.py: every run of a full-scale window
+# some of whose runs came home) and no run folder holds: its row says so, so that the window never draws
+# as whole while part of it is still to run.
+MISSING = "missing"
+EXPECTED_FILE = "expected_runs.json"
+# What tells an expected run and a collected row for the same run (the grid point and its scale).
+EXPECTED_MATCH = ("optimizer", "lr", "weight_decay", "seed", "batch_norm", "loss_multiplier", "depth", "dataset",
+                  "subset", "epochs", "batch_size", "schedule")
 CURVE_COLUMNS = ("epoch", "test_acc", "train_loss")
 # run_dir comes first because run names repeat across sweeps; it is the key that joins both CSVs.
 CURVE_ID_COLUMNS = ["run_dir", "run_name", "optimizer", "lr", "weight_decay", "seed",
@@ -198,6 +206,40 @@ def unreadable_row(run_dir: Path, reason: str) -> dict:
     return row
 
 
+def _same_value(a: Any, b: Any) -> bool:
+    if a is None or (isinstance(a, float) and math.isnan(a)):
+        return b is None or (isinstance(b, float) and math.isnan(b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return math.isclose(float(a), float(b), rel_tol=1e-9) or a == b
+    return a == b
+
+
+def missing_rows(sweep_dir: Path, rows: list[dict]) -> list[dict]:
+    """Rows (status "missing") for the runs sweep_dir/expected_runs.json lists that no row is; [] without it."""
+    path = sweep_dir / EXPECTED_FILE
+    if not path.exists():
+        return []
+    expected = run_files.read_json(path)
+    if not isinstance(expected, dict) or not isinstance(expected.get("runs"), list):
+        raise NoRunsFound(f"{display_path(path)} is unreadable; write it again with python scripts/full_scale.py "
+                          f"expect {display_path(sweep_dir)}")
+    out = []
+    for run in expected["runs"]:
+        hparams = run.get("hparams") or {}
+        if any(all(_same_value(row.get(k), hparams.get(k)) for k in EXPECTED_MATCH) for row in rows):
+            continue
+        row = {"run_dir": display_path(sweep_dir / run["run_name"]), "run_name": run["run_name"],
+               "sweep_id": expected.get("sweep_id"), "experiment": expected.get("sweep_id"), "status": MISSING,
+               "error": f"not run yet: no run folder holds this run of window {run.get('window')}",
+               "curves": "none (not run)", **{k: _cell(v) for k, v in hparams.items()}}
+        row["config_id"] = config_id(hparams)
+        out.append(row)
+    if out:
+        _warn(f"collect: {len(out)} of the {len(expected['runs'])} runs of {', '.join(expected.get('windows', []))} "
+              f"that {display_path(path)} lists have no run folder; marked {MISSING}")
+    return out
+
+
 def read_run(run_dir: Path) -> dict:
     """The results row of one run folder; raises SkippedRun with the reason when it is unusable."""
     summary_file = run_dir / "summary.json"
@@ -263,7 +305,9 @@ def collect_runs(sweep_dirs: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame,
     for run_dir in empty_run_dirs(sweep_dirs, found):
         _warn(f"collect: {display_path(run_dir)} is an empty run folder; marked {UNREADABLE}")
         rows.append(unreadable_row(run_dir, "empty run folder"))
-    if not any(r["status"] != UNREADABLE for r in rows):
+    for sweep_dir in sweep_dirs:
+        rows += missing_rows(Path(sweep_dir), rows)
+    if not any(r["status"] not in (UNREADABLE, MISSING) for r in rows):
         where = ", ".join(str(d) for d in sweep_dirs)
         raise NoRunsFound(f"no run with a usable summary.json under {where}; check the sweep directory")
     return results_frame(rows), curves_frame(curves)

@@ -25,7 +25,7 @@ DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "synthetic": "s
 # Columns besides the optimizer that make two runs different methods when they vary in one CSV.
 SETTING_COLUMNS = ["batch_norm", "loss_multiplier", "depth", "dataset", "subset", "epochs",
                    "batch_size", "schedule"]
-# Statuses of runs that ran to their end; any other (running, interrupted, failed, unreadable) is incomplete.
+# Statuses of runs that ran to their end; any other (running, interrupted, failed, unreadable, missing) is incomplete.
 COMPLETE_STATUSES = ("finished", "diverged")
 # Results columns that describe how a run went, not what it was: the rest is its identity (collect.py).
 OUTCOME_COLUMNS = frozenset({"run_dir", "run_name", "sweep_id", "experiment", "status", "best_test_acc", "best_epoch",
@@ -245,7 +245,7 @@ class HeatmapTable:
 
     mean and std are over the seeds that did not diverge; n_runs counts completed runs
     (finished or diverged), n_diverged the diverged ones, n_incomplete the runs of the cell that did
-    not complete (running, interrupted, failed, unreadable).
+    not complete (running, interrupted, failed, unreadable, missing).
     """
 
     mean: pd.DataFrame

@@ -15,7 +15,8 @@ notebook's backend or pile up in pyplot's figure list.
 Runs are averaged in one cell only when they differ in nothing but the seed: a cell whose runs differ
 in any setting that changes a result (collect.py's config_id; the columns say which) is an error that
 names the keys; --split-by KEY,... draws such runs as separate methods instead. Runs that did not
-complete (failed, unreadable, still running) are counted in their cells and drawn framed in red, a
+complete (failed, unreadable, still running, or missing: listed in the sweep's expected_runs.json
+but not run yet) are counted in their cells and drawn framed in red, a
 cell with no completed run hatched red, apart from "—" (no run); the figures are written, and the
 command then exits 1 unless --allow-incomplete.
 
@@ -179,7 +180,8 @@ def heatmap_caption(df: pd.DataFrame, column: str, wd_convention: str,
     seeds = completed_seed_count(df)
     lines = [f"Mean over {seeds}; ± = std over seeds that did not diverge. "
              "Hatched grey 'div' = every seed diverged; 'k/n div' = k of n seeds diverged; '—' = no run; "
-             "red dashed frame 'k incomplete' = k runs of the cell did not complete (failed, unreadable, running) "
+             "red dashed frame 'k incomplete' = k runs of the cell did not complete (failed, unreadable, running, "
+             "missing: not run yet) "
              "and are not in its mean."]
     if wd_convention != "native":
         lines.append(f"Columns: weight decay as swept, in each optimizer's own convention; λ in a cell = "

@@ -13,12 +13,17 @@ reads, so every window of an experiment joins one sweep.
     python scripts/full_scale.py sweep WINDOW                       # the sweep folder its runs go to
     python scripts/full_scale.py device-plan WINDOW [--bench BENCH_JSON] [--seconds S]   # for device_check.sh
     python scripts/full_scale.py merge TARBALL... [--into outputs/sweeps]
+    python scripts/full_scale.py expect SWEEP_DIR...                # rewrite its expected_runs.json
 
 A window too big for the rate the device measured is run in parts: WINDOW.IofN is part I of N, the
 window's runs cut along some of its swept axes (blog-s0.1of2: AdamW's 12 runs of seed 0), each part
 whole runs still. `plan --bench` sizes the parts from a benchmark's rates and names the next one;
 `device-plan` does the same on the device with the rates measured there, and splits a window that
 does not fit in the seconds left.
+
+After a merge, the sweep folder's expected_runs.json lists every run of each window some of whose
+runs are home; collect.py gives each one no run folder holds a row with status "missing", so the
+figures mark those cells incomplete instead of drawing a smaller grid as whole.
 
 On the device: GRID_WINDOW=WINDOW bash scripts/device_check.sh env grid (results/benchmarks.md).
 """
@@ -27,6 +32,7 @@ from __future__ import annotations
 import argparse
 import functools
 import itertools
+import json
 import math
 import os
 import re
@@ -102,6 +108,7 @@ class Grid:
     epochs: int
     train_images: int
     axes: dict[str, list[str]]  # each swept key with more than one value: its values as the sweeper writes them
+    names: list[str]  # each run's folder name, as the window's sweep names it (no further overrides)
 
     @property
     def images(self) -> int:
@@ -140,18 +147,23 @@ def grid(w: Window) -> Grid:
         key, value = override.split("=", 1)
         axes[key] = value
     parser = OverridesParser.create()
-    values, swept = {}, {}
+    values, strings = {}, {}
     for parsed in parser.parse_overrides([f"{k}={v}" for k, v in axes.items()]):
         key = parsed.get_key_element()
         values[key] = list(parsed.sweep_iterator()) if parsed.is_sweep_override() else [parsed.value()]
-        if len(values[key]) > 1:  # the strings the sweeper puts in run folder names (1e-3 as 0.001)
-            swept[key] = list(parsed.sweep_string_iterator())
+        # The strings the sweeper puts in run folder names (1e-3 as 0.001).
+        strings[key] = (list(parsed.sweep_string_iterator()) if parsed.is_sweep_override()
+                        else [parsed.get_value_element_as_str()])
+    swept = {k: v for k, v in strings.items() if len(v) > 1}
+    # Hydra's override_dirname: the job's overrides, sorted, comma-joined (none of these keys is excluded).
+    names = [",".join(sorted(f"{k}={v}" for k, v in zip(strings, combo)))
+             for combo in itertools.product(*strings.values())]
     # Runs of the same sweep made at another scale (a data subset, fewer epochs) are not this window's runs.
     values.update({"trainer.epochs": [epochs], "data.subset": [subset], "data.name": [data_name]})
     runs = [dict(zip(values, combo)) for combo in itertools.product(*values.values())]
     if data_name != "cifar10":
         raise WindowError(f"window {w.name}: experiment {w.experiment} is not on CIFAR-10; full-scale windows are")
-    return Grid(sweep_id, runs, epochs, int(subset or CIFAR10_TRAIN_IMAGES), swept)
+    return Grid(sweep_id, runs, epochs, int(subset or CIFAR10_TRAIN_IMAGES), swept, names)
 
 
 # ------------------------------------------------------------------------------------------- parts
@@ -297,15 +309,67 @@ def read_summaries(sweep_dir: Path) -> dict[Path, dict]:
     return found
 
 
-def window_status(g: Grid, summaries: dict[Path, dict]) -> dict[str, int]:
-    """How many of the window's runs the sweep folder holds, by status ('missing' for none)."""
-    counts: dict[str, int] = {}
+def run_statuses(g: Grid, summaries: dict[Path, dict]) -> list[str]:
+    """Each of the window's runs as the sweep folder holds it: 'done', another status, or 'missing' (none)."""
+    statuses = []
     for run in g.runs:
         matches = [s for s in summaries.values() if isinstance(s.get("config"), dict)
                    and all(_same(_setting(s["config"], k), v) for k, v in run.items())]
-        status = "missing" if not matches else ("done" if any(is_done(s) for s in matches) else matches[0]["status"])
+        statuses.append("missing" if not matches else ("done" if any(is_done(s) for s in matches)
+                                                       else matches[0]["status"]))
+    return statuses
+
+
+def window_status(g: Grid, summaries: dict[Path, dict]) -> dict[str, int]:
+    """How many of the window's runs the sweep folder holds, by status ('missing' for none)."""
+    counts: dict[str, int] = {}
+    for status in run_statuses(g, summaries):
         counts[status] = counts.get(status, 0) + 1
     return counts
+
+
+# ------------------------------------------------------------------------------------------- expected runs
+
+EXPECTED_FILE = "expected_runs.json"
+
+
+def _run_hparams(w: Window, g: Grid, index: int) -> dict:
+    """What collect.py's row of one run of the window says it is (run_info.hparams of its composed config)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from experiments import run_info
+
+    overrides = [f"experiment={w.experiment}", *g.names[index].split(",")]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(_REPO / "configs"), version_base="1.3"):
+        return run_info.hparams(compose("train", overrides=overrides))
+
+
+def expected_runs(sweep_dir: Path) -> dict | None:
+    """Every run of each window of which the sweep folder holds at least one run, with its hparams; None when
+    it holds none (or is no full-scale experiment's sweep)."""
+    summaries = read_summaries(sweep_dir)
+    started, runs = [], []
+    for w in WINDOWS:
+        g = grid(w)
+        if g.sweep_id != sweep_dir.name or set(statuses := run_statuses(g, summaries)) == {"missing"}:
+            continue
+        started.append(w.name)
+        runs += [{"window": w.name, "run_name": g.names[i], "status_at_merge": statuses[i],
+                  "hparams": _run_hparams(w, g, i)} for i in range(len(g.runs))]
+    if not started:
+        return None
+    return {"written_by": "scripts/full_scale.py", "sweep_id": sweep_dir.name, "windows": started, "runs": runs}
+
+
+def write_expected(sweep_dir: Path) -> Path | None:
+    """<sweep>/expected_runs.json: the runs collect.py marks 'missing' when their folder is not there, so a
+    window whose runs came home only in part never draws as whole. Rewritten from the folder on every merge."""
+    expected = expected_runs(sweep_dir)
+    if expected is None:
+        return None
+    return run_files.atomic_write_text(sweep_dir / EXPECTED_FILE, json.dumps(expected, indent=1, default=str) + "\n")
 
 
 def _device_call(name: str) -> str:
@@ -469,8 +533,10 @@ def merge(tarballs: list[Path], into: Path) -> list[Move]:
                     continue
                 if path.is_dir():
                     _copy_missing(path, target / path.name)
-                elif not (target / path.name).exists():
+                elif not (target / path.name).exists() and path.name != EXPECTED_FILE:
                     shutil.copy2(path, target / path.name)
+    for name in sorted({sweep.name for sweep in sweeps}):
+        write_expected(into / name)
     return [move for move, _, _ in plans]
 
 
@@ -486,6 +552,8 @@ def main(argv: list[str] | None = None) -> int:
             q.add_argument("window")
     for action in ("overrides", "images", "sweep"):
         sub.add_parser(action).add_argument("window")
+    e = sub.add_parser("expect", help=f"(re)write SWEEP_DIR/{EXPECTED_FILE} (merge does this itself)")
+    e.add_argument("sweep_dirs", nargs="+", type=Path)
     m = sub.add_parser("merge", help="add brought-back run folders to the sweep folders")
     m.add_argument("tarballs", nargs="+", type=Path)
     m.add_argument("--into", type=Path, default=Path("outputs/sweeps"))
@@ -496,6 +564,13 @@ def main(argv: list[str] | None = None) -> int:
             print(plan(args.sweeps, rates or None, args.seconds))
         elif args.action == "device-plan":
             print("\n".join(f"{k}={shlex.quote(v)}" for k, v in device_plan(args.window, rates, args.seconds).items()))
+        elif args.action == "expect":
+            for sweep_dir in args.sweep_dirs:
+                path = write_expected(sweep_dir)
+                if path is None:
+                    raise WindowError(f"{sweep_dir} holds no run of a full-scale window; nothing to expect")
+                expected = run_files.read_json(path)
+                print(f"{path}: {len(expected['runs'])} runs of {', '.join(expected['windows'])}")
         elif args.action in ("overrides", "images", "sweep"):
             w = resolve(args.window)
             if args.action == "overrides":

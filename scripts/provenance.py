@@ -85,6 +85,13 @@ def provenance(sweep_dirs: list[Path]) -> str:
         partial = f"; {len(written)} of {len(runs)} runs record it" if len(written) < len(runs) else ""
         lines.append(f"- written: {written[0]} to {written[-1]} (UTC, each run's last summary{partial})")
     lines.append(f"- precision {each('trainer.precision')}; trainer.compile {each('trainer.compile')}")
+    for sweep in sweep_dirs:  # full-scale windows some of whose runs are here (scripts/full_scale.py)
+        expected = run_files.read_json(sweep / "expected_runs.json")
+        if isinstance(expected, dict) and isinstance(expected.get("runs"), list):
+            here = sum(1 for run in summaries if run.parent == sweep)
+            lines.append(f"- {sweep.name}: windows {', '.join(expected.get('windows') or [])} started, "
+                         f"{len(expected['runs'])} runs expected, {here} run folders here (collect.py marks "
+                         "the others missing)")
     seconds = images = 0.0
     if packs:
         lines.append(f"- packs: {len(packs)}; members {_counts(p.get('size') for p in packs)}; route "

@@ -275,3 +275,111 @@ def test_plan_sizes_parts_by_the_rates_and_names_a_part_none_of_whose_runs_is_th
     slow = {1: full_scale.Rate(1, 1_000.0, "loop", "false")}
     assert "No part of blog-s0, not even one run, fits in 480 s at these rates." in full_scale.plan(
         tmp_path / "sweeps", slow, 480)
+
+
+def _full_scale_run(root: Path, w: full_scale.Window, index: int, status: str, acc: float) -> Path:
+    """A run folder as the trainer writes it for run `index` of window w (its composed config and hparams)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from experiments import run_info
+
+    g = full_scale.grid(w)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={w.experiment}", *g.names[index].split(",")])
+    done = status == "finished"
+    run = root / g.names[index]
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text(json.dumps({
+        "status": status, "config": OmegaConf.to_container(cfg, resolve=True),
+        "hparams": run_info.hparams(cfg, "fingerprint"), "epochs_completed": 50 if done else 3,
+        "final": {"test_acc": acc, "test_loss": 1.0, "train_acc": acc, "train_loss": 1.0, "model_norm": 30.0},
+        "best": {"test_acc": acc, "epoch": 50 if done else 3}}))
+    (run / "metrics.csv").write_text(f"epoch,test_acc,train_loss,epoch_time_s\n1,{acc},1.0,10.0\n")
+    return run
+
+
+def test_runs_of_a_window_that_came_home_in_part_are_collected_and_drawn_as_missing(tmp_path, capsys):
+    import collect
+    import figures
+
+    w = full_scale.window("blog-s0")
+    third = full_scale.resolve("blog-s0.1of3")  # lr 1e-3: 8 of the window's 24 runs
+    g, g_third = full_scale.grid(w), full_scale.grid(third)
+    src = tmp_path / "device" / "blog_adamw_vs_adamp"
+    for k, name in enumerate(g_third.names):
+        _full_scale_run(src, w, g.names.index(name), "interrupted" if k == 0 else "finished", 0.5 + k / 100)
+    tarball = tmp_path / "grid_blog-s0.1of3.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        tar.add(src, arcname="blog_adamw_vs_adamp")
+    sweeps = tmp_path / "sweeps"
+    assert full_scale.main(["merge", str(tarball), "--into", str(sweeps)]) == 0
+    expected = json.loads((sweeps / "blog_adamw_vs_adamp" / "expected_runs.json").read_text())
+    assert expected["windows"] == ["blog-s0"] and len(expected["runs"]) == 24
+    assert {r["run_name"] for r in expected["runs"]} == set(g.names)
+    capsys.readouterr()
+    csv = tmp_path / "blog.csv"
+    assert collect.main([str(sweeps / "blog_adamw_vs_adamp"), "-o", str(csv)]) == 0
+    assert "16 of the 24 runs of blog-s0 that" in capsys.readouterr().err
+    import pandas as pd
+
+    df = pd.read_csv(csv)
+    assert len(df) == 24 and df["status"].value_counts().to_dict() == {"missing": 16, "finished": 7, "interrupted": 1}
+    missing = df[df["status"] == "missing"]
+    assert set(missing["lr"]) == {1e-2, 1e-1} and set(missing["optimizer"]) == {"adamw", "adamp"}
+    assert set(missing["epochs"]) == {50} and not missing["batch_norm"].any()
+    # The figures are drawn, every cell of lr 1e-2 and 1e-1 marked incomplete, and the command says so.
+    out = tmp_path / "figures"
+    with pytest.raises(figures.IncompleteResults):
+        figures.make_figures(csv, out)
+    assert (out / "heatmap_test_acc.png").exists()
+    lines = figures.incomplete_report(figures.load_results(csv), None, "test_acc")
+    assert sum("lr 1e-2," in line or "lr 0.1," in line for line in lines) == 16  # 2 methods x 2 lr x 4 wd
+    assert "17 run(s) did not complete: 16 missing, 1 interrupted." in figures.heatmap_caption(
+        figures.load_results(csv), "final_test_acc", "native")
+    # The rest of the window comes home: nothing is missing any more.
+    rest = tmp_path / "device2" / "blog_adamw_vs_adamp"
+    for i, name in enumerate(g.names):
+        if name not in g_third.names:
+            _full_scale_run(rest, w, i, "finished", 0.6)
+    with tarfile.open(tmp_path / "rest.tar.gz", "w:gz") as tar:
+        tar.add(rest, arcname="blog_adamw_vs_adamp")
+    assert full_scale.main(["merge", str(tmp_path / "rest.tar.gz"), "--into", str(sweeps)]) == 0
+    assert collect.main([str(sweeps / "blog_adamw_vs_adamp"), "-o", str(csv)]) == 0
+    assert "missing" not in set(pd.read_csv(csv)["status"])
+
+
+def test_an_unreadable_expected_runs_file_is_a_one_line_error_that_says_how_to_rewrite_it(tmp_path, capsys):
+    import collect
+
+    sweep = tmp_path / "sweeps" / "blog_adamw_vs_adamp"
+    w = full_scale.window("blog-s0")
+    _full_scale_run(sweep, w, 0, "finished", 0.5)
+    (sweep / "expected_runs.json").write_text('{"runs": [')
+    assert collect.main([str(sweep), "-o", str(tmp_path / "r.csv")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "expected_runs.json is unreadable; write it again with python " \
+                                    "scripts/full_scale.py expect" in err
+    assert full_scale.main(["expect", str(sweep)]) == 0
+    assert "24 runs of blog-s0" in capsys.readouterr().out
+    assert collect.main([str(sweep), "-o", str(tmp_path / "r.csv")]) == 0
+    assert "23 of the 24 runs of blog-s0" in capsys.readouterr().err
+    # A sweep folder with no full-scale run: nothing to expect, said in one line.
+    other = tmp_path / "sweeps" / "smoke"
+    other.mkdir()
+    assert full_scale.main(["expect", str(other)]) == 2
+    assert "holds no run of a full-scale window" in capsys.readouterr().err
+
+
+def test_provenance_says_how_much_of_the_started_windows_is_home(tmp_path, capsys):
+    import provenance
+
+    sweep = tmp_path / "sweeps" / "blog_adamw_vs_adamp"
+    for i in range(3):
+        _full_scale_run(sweep, full_scale.window("blog-s1"), i, "finished", 0.5)
+    assert full_scale.main(["expect", str(sweep)]) == 0
+    assert provenance.main([str(sweep)]) == 0
+    assert ("- blog_adamw_vs_adamp: windows blog-s1 started, 24 runs expected, 3 run folders here (collect.py "
+            "marks the others missing)") in capsys.readouterr().out
