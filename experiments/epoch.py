@@ -76,7 +76,8 @@ class TrainStep:
         if mode == "reduce-overhead":
             for total in (self.loss_sum, self.correct, self.grad_norm_sum, self.multiplier_tensor):
                 torch._dynamo.mark_static_address(total)
-        self._accumulate = torch.compile(self._accumulate_eager, fullgraph=True,
+        # dynamic=False: shapes are static (experiments/packed_models.py ModelPack.compile says why).
+        self._accumulate = torch.compile(self._accumulate_eager, fullgraph=True, dynamic=False,
                                          mode=None if mode == "default" else mode)
 
 

@@ -154,7 +154,8 @@ class PackOptimizer:
             # CUDA graphs replay fixed addresses: the buffers the update mutates must be the graph's own.
             for tensor in (self.pack.flat_params, self.pack.flat_grads, *self.state, self.t, self.alpha, self.wd):
                 torch._dynamo.mark_static_address(tensor)
-        self._update = torch.compile(self._update_eager, fullgraph=True, mode=None if mode == "default" else mode)
+        self._update = torch.compile(self._update_eager, fullgraph=True, dynamic=False,  # static: see ModelPack.compile
+                                     mode=None if mode == "default" else mode)
 
     # ---------------------------------------------------------------- what the host writes
 

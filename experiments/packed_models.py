@@ -33,6 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from experiments.config_checks import ConfigError
+
 ROUTES = ("loop", "streams", "vmap", "grouped")
 
 # The stacked views of the buffer are strided by design (a member's row is P values long), so their
@@ -201,7 +203,15 @@ class ModelPack:
 
     def compile(self, mode: str) -> None:
         """torch.compile the forward and loss of this pack's route (mode: default, reduce-overhead, max-autotune)."""
-        options = dict(fullgraph=True, mode=None if mode == "default" else mode)
+        if self.route == "streams" and mode == "reduce-overhead":
+            # CUDA graph trees share one memory pool and plan its reuse for graphs replayed in turn on one
+            # stream; members' graphs replaying at once on their own streams could overwrite each other's memory.
+            raise ConfigError("route=streams cannot run CUDA graphs (trainer.compile=reduce-overhead); use "
+                              "hydra.launcher.route=loop with reduce-overhead, or trainer.compile=default")
+        # dynamic=False: every shape here is fixed (training batches drop the last partial one, evaluation pads
+        # its last), so a second shape (the test batch, another pack size in the same process) gets its own
+        # static graph instead of turning the first into a slower, symbolic-shape one.
+        options = dict(fullgraph=True, dynamic=False, mode=None if mode == "default" else mode)
         if mode == "reduce-overhead":
             # CUDA graphs replay fixed addresses and skip any graph that mutates an input they do not own:
             # declare the weights and the BatchNorm statistics (mutated in train mode) static.
@@ -209,6 +219,9 @@ class ModelPack:
                       *(t for member in self._member_params + self._member_buffers for t in member.values())]
             if self.route == "grouped":
                 static += list(self._grouped_buffers.values())
+            # The gradient views grad_norms() reads inside the compiled step's accumulation: unmarked, every
+            # replay would copy all of them (21 per member) into the graph's own memory first.
+            static += self._grad_views
             for tensor in static:
                 torch._dynamo.mark_static_address(tensor)
         if self.route in ("vmap", "grouped"):

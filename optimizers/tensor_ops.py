@@ -56,8 +56,12 @@ def _broadcast_add_(x, other, alpha=1):
 
 
 def _broadcast_addcdiv_(x, t1, t2, value):
-    # addcdiv's own order, value * t1 / t2 then + x, since addcdiv takes no tensor value.
+    # addcdiv takes no tensor value, so its rounding is rebuilt from other ops, in the order of the kernel the
+    # members' own optimizers run: on a CPU x + (value * t1) / t2; on CUDA (addcdiv and its foreach form alike)
+    # x + value * (t1 / t2), which addcmul gives with the same multiply-add.
     if isinstance(value, torch.Tensor):
+        if x.is_cuda:
+            return x.addcmul_(t1 / t2, _like(value, t1))
         return x.add_(t1.mul(_like(value, t1)).div_(t2))
     return x.addcdiv_(t1, t2, value=value)
 

@@ -308,8 +308,8 @@ def pack_pipeline_name(k: int, route: str, mode: str | None) -> str:
     return f"packed_{k}_{route}" + (f"_{mode}" if mode else "")
 
 
-def _process_worker(args, device_name: str, ready, start, results) -> None:
-    """One of N concurrent single runs: builds and warms up, waits for all, then trains for --min-time seconds."""
+def _process_worker(args, device_name: str, messages, go) -> None:
+    """One of N concurrent single runs: builds and warms up, says so, waits for all, trains >= --min-time s."""
     try:
         if args.threads:
             torch.set_num_threads(args.threads)
@@ -319,36 +319,63 @@ def _process_worker(args, device_name: str, ready, start, results) -> None:
         ds = synthetic_data(args, args.warmup_steps + args.timed_steps)
         measure = engine_pipeline(args, ds, device, autocast, members=1, route="loop", mode=None)
         measure(max(args.warmup_steps, 1))
-        ready.wait()
-        start.wait()
+        messages.put(("ready", None))
+        if not go.wait(timeout=PROCESS_WAIT_S):
+            return
         images = seconds = 0.0
         while seconds == 0 or seconds < args.min_time_s:
             more_images, more_seconds = measure(args.timed_steps)
             images, seconds = images + more_images, seconds + more_seconds
-        results.put((images, seconds))
-    except Exception as exc:  # noqa: BLE001 - reported by the parent
-        results.put(exc)
+        messages.put(("done", (images, seconds)))
+    except Exception as exc:  # noqa: BLE001 - reported by the parent, as text (a CUDA error may not pickle)
+        messages.put(("error", one_line(exc)))
+
+
+# How long the parent waits for its processes' next message: a process that fails says so at once and one
+# that dies is seen by its exit code, so this only bounds one that hangs.
+PROCESS_WAIT_S = 300
+
+
+def _gather(messages, procs, n: int, tag: str) -> list:
+    """n messages `tag` from the processes; RuntimeError as soon as one fails or dies, or all fall silent."""
+    import queue
+
+    got, silent_since = [], time.monotonic()
+    while len(got) < n:
+        try:
+            kind, value = messages.get(timeout=1)
+        except queue.Empty:
+            dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+            if dead:
+                raise RuntimeError(f"a benchmark process died (exit code {dead[0]})") from None
+            if time.monotonic() - silent_since > PROCESS_WAIT_S:
+                raise RuntimeError(f"the benchmark processes sent nothing for {PROCESS_WAIT_S} s") from None
+            continue
+        if kind == "error":
+            raise RuntimeError(f"a benchmark process failed: {value}")
+        if kind == tag:
+            got.append(value)
+            silent_since = time.monotonic()
+    return got
 
 
 def processes_pipeline(args, device: torch.device, n: int) -> tuple[float, list[float]]:
     """Aggregate images/s of n single runs training at the same time in n processes (as launcher=joblib)."""
     ctx = multiprocessing.get_context("spawn")  # CUDA cannot be forked
-    ready, start, results = ctx.Barrier(n + 1), ctx.Barrier(n + 1), ctx.Queue()
-    procs = [ctx.Process(target=_process_worker, args=(args, str(device), ready, start, results)) for _ in range(n)]
+    messages, go = ctx.Queue(), ctx.Event()
+    procs = [ctx.Process(target=_process_worker, args=(args, str(device), messages, go)) for _ in range(n)]
     for proc in procs:
         proc.start()
     try:
-        ready.wait(timeout=600)
-        start.wait(timeout=60)
-        outcomes = [results.get(timeout=600) for _ in range(n)]
+        _gather(messages, procs, n, "ready")
+        go.set()
+        outcomes = _gather(messages, procs, n, "done")
     finally:
         for proc in procs:
-            proc.join(timeout=60)
+            proc.join(timeout=30)
             if proc.is_alive():
                 proc.kill()
-    failed = [o for o in outcomes if isinstance(o, Exception)]
-    if failed:
-        raise RuntimeError(f"a benchmark process failed: {failed[0]}")
+                proc.join(timeout=10)
     rates = [images / seconds for images, seconds in outcomes]
     return sum(rates), rates
 
@@ -455,35 +482,64 @@ def profile_pipeline(measure, steps: int, device: torch.device, step_ms: float, 
     }
 
 
+def one_line(exc: BaseException) -> str:
+    return (f"{type(exc).__name__}: {exc}".strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _recover(device: torch.device) -> None:
+    """After a pipeline fails: free what it held, so that the next ones get the device's memory."""
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def measure_rounds(pipelines: dict, *, rounds: int, warmups: dict[str, int], steps: int, min_time: float, phase: str,
-                   warmed: set) -> tuple[dict[str, list[float]], dict[str, float | None]]:
-    """Interleaved rounds; returns images/s per round and page faults per step (medians) of each pipeline."""
-    samples: dict[str, list[float]] = {name: [] for name in pipelines}
-    faults: dict[str, list[float]] = {name: [] for name in pipelines}
+                   warmed: set, samples: dict[str, list[float]], faults: dict[str, list[float]],
+                   failures: dict[str, str], device: torch.device) -> None:
+    """Interleaved rounds, filling samples (images/s per round) and faults (page faults per step) as they come,
+    so that an interrupted benchmark keeps every round it finished. A pipeline that raises is recorded in
+    failures and left out of the later rounds; the others go on."""
+    for name in pipelines:
+        samples.setdefault(name, [])
+        faults.setdefault(name, [])
     for r in range(rounds):
         for name, measure in pipelines.items():
-            if warmups[name] and name not in warmed:  # each keeps its model, loader and caches between rounds
-                measure(warmups[name])
-                warmed.add(name)
-            images = seconds = 0.0
-            calls, faults_before = 0, minor_faults()
-            while seconds == 0 or seconds < min_time:
-                more_images, more_seconds = measure(steps)
-                images, seconds, calls = images + more_images, seconds + more_seconds, calls + 1
+            if name in failures:
+                continue
+            try:
+                if warmups[name] and name not in warmed:  # each keeps its model, loader and caches between rounds
+                    measure(warmups[name])
+                    warmed.add(name)
+                images = seconds = 0.0
+                calls, faults_before = 0, minor_faults()
+                while seconds == 0 or seconds < min_time:
+                    more_images, more_seconds = measure(steps)
+                    images, seconds, calls = images + more_images, seconds + more_seconds, calls + 1
+            except Exception as exc:  # noqa: BLE001 - one pipeline's fault must not cost the others' numbers
+                failures[name] = one_line(exc)
+                print(f"{phase}round {r + 1}/{rounds} {name}: failed ({failures[name]})", file=sys.stderr, flush=True)
+                _recover(device)
+                continue
             samples[name].append(images / seconds)
             if faults_before is not None:
                 faults[name].append((minor_faults() - faults_before) / (calls * steps))
             print(f"{phase}round {r + 1}/{rounds} {name}: {samples[name][-1]:.1f} images/s", file=sys.stderr,
                   flush=True)
-    return samples, {name: statistics.median(v) if v else None for name, v in faults.items()}
 
 
-def summarize_samples(samples: dict[str, list[float]], faults: dict[str, float | None]) -> dict:
-    return {name: {"median": statistics.median(values), "samples": values, "faults_per_step": faults[name]}
-            for name, values in samples.items()}
+def summarize_samples(samples: dict[str, list[float]], faults: dict[str, list[float]]) -> dict:
+    """Median images/s and page faults per step of each pipeline with at least one round measured."""
+    return {name: {"median": statistics.median(values), "samples": values,
+                   "faults_per_step": statistics.median(faults[name]) if faults.get(name) else None}
+            for name, values in samples.items() if values}
 
 
 def run(args) -> dict:
+    """Every pipeline measured; with --json the results are written after each phase, so that a pipeline that
+    fails (recorded in "failures") or an interruption (Ctrl-C, the device check's timeout: "interrupted")
+    keeps what was measured before it."""
     device = pick_device(args.device)
     on_gpu = device.type == "cuda"
     if args.threads:
@@ -497,96 +553,157 @@ def run(args) -> dict:
     # As trainer.cudnn_benchmark does (process-wide, so for the reference too, as a tuned plain script would).
     torch.backends.cudnn.benchmark = on_gpu and _trainer_default("cudnn_benchmark")
     ds = synthetic_data(args, warmup + steps)
-
-    pipelines, kinds = {}, {}
-    if not args.no_reference:
-        pipelines["reference"] = reference_pipeline(args, ds, device, autocast)
-        kinds["reference"] = {"kind": "reference", "members": 1}
-    pipelines["single"] = engine_pipeline(args, ds, device, autocast, members=1, route="loop", mode=None)
-    kinds["single"] = {"kind": "single", "members": 1, "route": "loop", "compile": None}
-    for mode in args.compile:
-        name = f"single_{mode}"
-        pipelines[name] = engine_pipeline(args, ds, device, autocast, members=1, route="loop", mode=mode)
-        kinds[name] = {"kind": "single", "members": 1, "route": "loop", "compile": mode}
-    for every in args.magnitude_stats_every:
-        name = f"single_stats_{every}"
-        pipelines[name] = engine_pipeline(args, ds, device, autocast, members=1, route="loop", mode=None,
-                                          stats_every=every)
-        kinds[name] = {"kind": "single", "members": 1, "route": "loop", "compile": None, "stats_every": every}
-    for k, route, mode in args.pack_specs:
-        resolved = pack_route(args, device, k, route)
-        name = pack_pipeline_name(k, resolved, mode)
-        if name in pipelines:
-            continue
-        pipelines[name] = engine_pipeline(args, ds, device, autocast, members=k, route=resolved, mode=mode)
-        kinds[name] = {"kind": "pack", "members": k, "route": resolved, "compile": mode, "asked": route}
-    # Compiled pipelines compile in their warmup and need a few steps for CUDA graphs to be recorded.
-    warmups = {name: max(warmup, 3) if kinds[name].get("compile") else warmup for name in pipelines}
-    timing = dict(rounds=rounds, warmups=warmups, steps=steps, min_time=min_time, warmed=set())
     # Phase 1 only where the trainer would change the process's malloc: CPU runs with the setting on.
     two_phase = device.type == "cpu" and args.keep_freed_memory and not args.no_reference
-    default_malloc = None
-    if two_phase:
-        plain = {name: pipelines[name] for name in ("reference", "single")}
-        default_malloc = summarize_samples(*measure_rounds(plain, phase="default malloc: ", **timing))
-        if not keep_freed_memory():
-            print("this C library is not glibc: phase 2 runs with the same malloc as phase 1", file=sys.stderr)
-    measured = summarize_samples(*measure_rounds(pipelines, phase="trainer malloc: " if two_phase else "", **timing))
-    profiles = {}
-    if args.profile:
-        for name, measure in pipelines.items():
-            per_step_images = args.batch_size * (kinds[name]["members"] if kinds[name]["kind"] == "pack" else 1)
-            step_ms = 1000 * per_step_images / measured[name]["median"]
-            try:
-                profiles[name] = profile_pipeline(measure, args.profile_steps, device, step_ms)
-            except Exception as exc:  # noqa: BLE001 - a profiler fault must not cost the measurements above
-                profiles[name] = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
-            print(f"profiled {name}" + (f": {profiles[name]['error']}" if "error" in profiles[name] else ""),
-                  file=sys.stderr, flush=True)
-    for n in args.processes:
-        samples = []
-        for r in range(rounds):
-            total, rates = processes_pipeline(args, device, n)
-            samples.append(total)
-            print(f"round {r + 1}/{rounds} processes_{n}: {total:.1f} images/s ({', '.join(f'{x:.0f}' for x in rates)})",
-                  file=sys.stderr, flush=True)
-        measured[f"processes_{n}"] = {"median": statistics.median(samples), "samples": samples, "faults_per_step": None}
-        kinds[f"processes_{n}"] = {"kind": "processes", "members": n}
+    state = {"kinds": {}, "samples": {}, "faults": {}, "plain_samples": {}, "plain_faults": {}, "failures": {},
+             "profiles": {}, "interrupted": None}
+    kinds, failures = state["kinds"], state["failures"]
+    settings = {"steps": steps, "warmup": warmup, "rounds": rounds, "min_time_s": min_time, "two_phase": two_phase}
 
+    def checkpoint(phase: str) -> dict:
+        results = assemble(args, device, autocast, state, settings, phase)
+        if args.json:
+            write_json(args.json, results)
+        return results
+
+    pipelines = {}
+
+    def add(name: str, kind: dict, build) -> None:
+        kinds[name] = kind
+        try:
+            pipelines[name] = build()
+        except Exception as exc:  # noqa: BLE001 - recorded; the other pipelines are still measured
+            failures[name] = one_line(exc)
+            print(f"{name}: failed to build ({failures[name]})", file=sys.stderr, flush=True)
+            _recover(device)
+
+    phase = "build"
+    try:
+        if not args.no_reference:
+            add("reference", {"kind": "reference", "members": 1},
+                lambda: reference_pipeline(args, ds, device, autocast))
+        add("single", {"kind": "single", "members": 1, "route": "loop", "compile": None},
+            lambda: engine_pipeline(args, ds, device, autocast, members=1, route="loop", mode=None))
+        for mode in args.compile:
+            add(f"single_{mode}", {"kind": "single", "members": 1, "route": "loop", "compile": mode},
+                lambda mode=mode: engine_pipeline(args, ds, device, autocast, members=1, route="loop", mode=mode))
+        for every in args.magnitude_stats_every:
+            add(f"single_stats_{every}",
+                {"kind": "single", "members": 1, "route": "loop", "compile": None, "stats_every": every},
+                lambda every=every: engine_pipeline(args, ds, device, autocast, members=1, route="loop", mode=None,
+                                                    stats_every=every))
+        for k, route, mode in args.pack_specs:
+            resolved = pack_route(args, device, k, route)
+            name = pack_pipeline_name(k, resolved, mode)
+            if name not in kinds:
+                add(name, {"kind": "pack", "members": k, "route": resolved, "compile": mode, "asked": route},
+                    lambda k=k, resolved=resolved, mode=mode: engine_pipeline(args, ds, device, autocast, members=k,
+                                                                              route=resolved, mode=mode))
+        # Compiled pipelines compile in their warmup and need a few steps for CUDA graphs to be recorded.
+        warmups = {name: max(warmup, 3) if kinds[name].get("compile") else warmup for name in pipelines}
+        timing = dict(rounds=rounds, warmups=warmups, steps=steps, min_time=min_time, warmed=set(),
+                      failures=failures, device=device)
+        if two_phase:
+            phase = "default malloc rounds"
+            plain = {name: pipelines[name] for name in ("reference", "single") if name in pipelines}
+            measure_rounds(plain, phase="default malloc: ", samples=state["plain_samples"],
+                           faults=state["plain_faults"], **timing)
+            if not keep_freed_memory():
+                print("this C library is not glibc: phase 2 runs with the same malloc as phase 1", file=sys.stderr)
+        phase = "rounds"
+        measure_rounds(pipelines, phase="trainer malloc: " if two_phase else "", samples=state["samples"],
+                       faults=state["faults"], **timing)
+        checkpoint("rounds")
+        if args.profile:
+            phase = "profile"
+            measured = summarize_samples(state["samples"], state["faults"])
+            for name, measure in pipelines.items():
+                if name not in measured:
+                    continue
+                per_step_images = args.batch_size * (kinds[name]["members"] if kinds[name]["kind"] == "pack" else 1)
+                step_ms = 1000 * per_step_images / measured[name]["median"]
+                try:
+                    state["profiles"][name] = profile_pipeline(measure, args.profile_steps, device, step_ms)
+                except Exception as exc:  # noqa: BLE001 - a profiler fault must not cost the measurements above
+                    state["profiles"][name] = {"error": one_line(exc)}
+                    _recover(device)
+                print(f"profiled {name}" + (f": {state['profiles'][name]['error']}" if "error" in state["profiles"][name]
+                                            else ""), file=sys.stderr, flush=True)
+            checkpoint("profile")
+        pipelines.clear()  # the processes need the device's memory
+        _recover(device)
+        for n in args.processes:
+            phase = f"processes_{n}"
+            name = f"processes_{n}"
+            kinds[name] = {"kind": "processes", "members": n}
+            state["samples"][name], state["faults"][name] = [], []
+            for r in range(rounds):
+                try:
+                    total, rates = processes_pipeline(args, device, n)
+                except Exception as exc:  # noqa: BLE001 - recorded; what was measured stays
+                    failures[name] = one_line(exc)
+                    print(f"round {r + 1}/{rounds} {name}: failed ({failures[name]})", file=sys.stderr, flush=True)
+                    break
+                state["samples"][name].append(total)
+                print(f"round {r + 1}/{rounds} {name}: {total:.1f} images/s ({', '.join(f'{x:.0f}' for x in rates)})",
+                      file=sys.stderr, flush=True)
+            checkpoint(phase)
+    except KeyboardInterrupt:
+        state["interrupted"] = phase
+        print(f"interrupted during {phase}: writing what was measured", file=sys.stderr, flush=True)
+    return checkpoint("done" if state["interrupted"] is None else phase)
+
+
+def assemble(args, device: torch.device, autocast, state: dict, settings: dict, phase: str) -> dict:
+    """The results JSON from what has been measured so far (pipelines not measured are absent from its rates)."""
+    kinds = state["kinds"]
+    measured = summarize_samples(state["samples"], state["faults"])
+    default_malloc = summarize_samples(state["plain_samples"], state["plain_faults"]) or None
     median = {name: m["median"] for name, m in measured.items()}
-    single = median["single"]
+    single = median.get("single")
     reference = median.get("reference")
-    plain_reference = default_malloc["reference"]["median"] if default_malloc else reference
-    flops = step_flops(args, device, autocast)
-    peak = matmul_flops_per_s(device, autocast)
-    bound = args.batch_size * peak / flops
+    plain_reference = (default_malloc or {}).get("reference", {}).get("median") if settings["two_phase"] else reference
+    roofline = state.get("roofline")
+    if roofline is None and phase != "build":
+        try:  # once, after the rounds, outside any timed region
+            flops = step_flops(args, device, autocast)
+            peak = matmul_flops_per_s(device, autocast)
+            roofline = state["roofline"] = {"step_flops": flops, "matmul_flops_per_s": peak,
+                                            "images_per_s_bound": args.batch_size * peak / flops}
+        except Exception as exc:  # noqa: BLE001 - the rates stand without it
+            roofline = state["roofline"] = {"error": one_line(exc)}
+    if roofline and "images_per_s_bound" in roofline:
+        bound = roofline["images_per_s_bound"]
+        roofline = {**roofline, "bound_vs_reference": bound / plain_reference if plain_reference else None,
+                    "fraction_of_bound": {name: m / bound for name, m in median.items()}}
     results = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": str(device), "hardware": hardware(device), "torch": torch.__version__,
         "python": platform.python_version(), "git_commit": git_commit(),
+        "complete": phase == "done" and not state["failures"] and state["interrupted"] is None,
+        "written_after": phase, "interrupted": state["interrupted"], "failures": state["failures"],
         "settings": {"data": args.data, "batch_size": args.batch_size, "depth": args.depth,
-                     "batch_norm": args.batch_norm, "precision": args.precision, "steps": steps, "warmup": warmup,
-                     "rounds": rounds, "min_time_s": min_time, "ks": args.ks, "reference_workers": args.workers,
-                     "channels_last": args.channels_last, "routes": args.routes, "compile": args.compile,
-                     "processes": args.processes, "threads": torch.get_num_threads(), "keep_freed_memory": two_phase,
+                     "batch_norm": args.batch_norm, "precision": args.precision, "steps": settings["steps"],
+                     "warmup": settings["warmup"], "rounds": settings["rounds"], "min_time_s": settings["min_time_s"],
+                     "ks": args.ks, "reference_workers": args.workers, "channels_last": args.channels_last,
+                     "routes": args.routes, "compile": args.compile, "processes": args.processes,
+                     "threads": torch.get_num_threads(), "keep_freed_memory": settings["two_phase"],
                      "cudnn_benchmark": torch.backends.cudnn.benchmark},
         "pipelines": kinds,
         "images_per_s": measured,
         "images_per_s_default_malloc": default_malloc,
-        "single_vs_reference": single / reference if reference else None,
-        "trainer_vs_plain_reference": single / plain_reference if plain_reference else None,
+        "single_vs_reference": single / reference if single and reference else None,
+        "trainer_vs_plain_reference": single / plain_reference if single and plain_reference else None,
         # K sequential single runs train at the single run's rate; a pack or N processes against that.
         "speedup_vs_sequential": {name: m / single for name, m in median.items()
-                                  if kinds[name]["kind"] in ("pack", "processes")},
+                                  if single and kinds[name]["kind"] in ("pack", "processes")},
         "compile_speedup": {kinds[name]["compile"]: m / single for name, m in median.items()
-                            if kinds[name]["kind"] == "single" and kinds[name]["compile"]},
+                            if single and kinds[name]["kind"] == "single" and kinds[name]["compile"]},
         # trainer.magnitude_stats_every=N: the single run's images/s lost to recording, 0.03 = 3%.
         "magnitude_stats_cost": {str(kinds[name]["stats_every"]): 1 - m / single for name, m in median.items()
-                                 if kinds[name].get("stats_every")},
-        "profile": profiles or None,
-        "roofline": {"step_flops": flops, "matmul_flops_per_s": peak, "images_per_s_bound": bound,
-                     "bound_vs_reference": bound / plain_reference if plain_reference else None,
-                     "fraction_of_bound": {name: m / bound for name, m in median.items()}},
+                                 if single and kinds[name].get("stats_every")},
+        "profile": state["profiles"] or None,
+        "roofline": roofline,
     }
     results["best_route"] = best_routes(results)
     return results
@@ -596,7 +713,7 @@ def best_routes(results: dict) -> dict[str, dict]:
     """Per pack size, the fastest pack pipeline measured (what route=auto should follow)."""
     best: dict[str, dict] = {}
     for name, kind in results["pipelines"].items():
-        if kind["kind"] != "pack":
+        if kind["kind"] != "pack" or name not in results["images_per_s"]:
             continue
         rate = results["images_per_s"][name]["median"]
         key = str(kind["members"])
@@ -607,7 +724,7 @@ def best_routes(results: dict) -> dict[str, dict]:
 
 def table(results: dict) -> str:
     measured, plain, kinds = results["images_per_s"], results["images_per_s_default_malloc"], results["pipelines"]
-    single = measured["single"]["median"]
+    single = measured["single"]["median"] if "single" in measured else None
     ref = measured["reference"]["median"] if "reference" in measured else None
 
     def spread(values: list[float]) -> str:
@@ -630,7 +747,7 @@ def table(results: dict) -> str:
 
     rows = []
     if plain:
-        rows += [("reference, default malloc", 1, plain["reference"]), ("single run, default malloc", 1, plain["single"])]
+        rows += [(f"{name}, default malloc", 1, plain[name]) for name in ("reference", "single") if name in plain]
     rows += [(label(name), kinds[name]["members"], entry) for name, entry in measured.items()]
     s = results["settings"]
     lines = [f"device: {results['device']} ({results['hardware']}), torch {results['torch']}",
@@ -643,13 +760,13 @@ def table(results: dict) -> str:
     for name, k, entry in rows:
         agg = entry["median"]
         vs_ref = f"{agg / ref:.2f}x" if ref else ""
-        vs_seq = f"{agg / single:.2f}x" if k > 1 or "K=1 " in name else ""
+        vs_seq = f"{agg / single:.2f}x" if single and (k > 1 or "K=1 " in name) else ""
         lines.append(f"{name:<52} {k:>6} {agg:>16.1f} {spread(entry['samples']):>13} {agg / k:>10.1f} "
                      f"{vs_ref:>7} {vs_seq:>7} {faults(entry):>12}")
     lines.append("")
     if results["single_vs_reference"]:
         lines.append(f"single run vs reference, same process settings: {results['single_vs_reference']:.2f}x")
-    if plain:
+    if results["trainer_vs_plain_reference"] and plain:
         lines.append(f"single run (trainer malloc) vs reference (default malloc), i.e. trainer vs plain script: "
                      f"{results['trainer_vs_plain_reference']:.2f}x (across the two phases)")
     for mode, v in results["compile_speedup"].items():
@@ -667,13 +784,20 @@ def table(results: dict) -> str:
         costliest = ", ".join(f"{c['op']} {c['share']:.0%}" for c in prof["costliest"][:4])
         lines.append(f"profile {name}: {prof['step_ms']:.2f} ms per step, {busy}{prof['host_ops_per_step']:.0f} host ops; "
                      f"most {prof['time_of']} time: {costliest}")
-    roof = results["roofline"]
-    bound_vs = f" = {roof['bound_vs_reference']:.2f}x the plain reference" if roof["bound_vs_reference"] else ""
-    lines += ["", f"roofline: {roof['step_flops'] / 1e9:.1f} GFLOP per step; this device's 2048x2048 matmul runs at "
-              f"{roof['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s, so no single model can pass "
-              f"{roof['images_per_s_bound']:.0f} img/s{bound_vs}",
-              "share of that bound reached (aggregate): " + ", ".join(f"{name} {v:.0%}" for name, v in
-                                                                      roof["fraction_of_bound"].items())]
+    roof = results["roofline"] or {}
+    if "images_per_s_bound" in roof:
+        bound_vs = f" = {roof['bound_vs_reference']:.2f}x the plain reference" if roof["bound_vs_reference"] else ""
+        lines += ["", f"roofline: {roof['step_flops'] / 1e9:.1f} GFLOP per step; this device's 2048x2048 matmul runs "
+                  f"at {roof['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s, so no single model can pass "
+                  f"{roof['images_per_s_bound']:.0f} img/s{bound_vs}",
+                  "share of that bound reached (aggregate): " + ", ".join(f"{name} {v:.0%}" for name, v in
+                                                                          roof["fraction_of_bound"].items())]
+    elif "error" in roof:
+        lines += ["", f"roofline: failed ({roof['error']})"]
+    for name, error in results["failures"].items():
+        lines.append(f"FAILED {name}: {error}")
+    if results["interrupted"]:
+        lines.append(f"INTERRUPTED during {results['interrupted']}: the numbers above are what was measured before")
     return "\n".join(lines)
 
 
@@ -686,9 +810,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(table(results))
     if args.json:
-        write_json(args.json, results)
         print(f"wrote {args.json}")
-    return 0
+    if results["interrupted"]:
+        return 130
+    return 0 if results["complete"] else 1
 
 
 if __name__ == "__main__":

@@ -129,3 +129,19 @@ def test_a_bad_compile_mode_is_a_one_line_error(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: ConfigError: trainer.compile must be false or one "
                                                            "of default, reduce-overhead, max-autotune")
+
+
+@pytest.mark.parametrize("route, mode, refused", [("streams", "reduce-overhead", True), ("streams", "default", False),
+                                                  ("loop", "reduce-overhead", False)])
+def test_cuda_graphs_are_refused_on_the_streams_route(route, mode, refused):
+    """CUDA graph trees plan one memory pool for graphs replayed in turn on one stream, not at once on K streams."""
+    from experiments.config_checks import ConfigError
+
+    pack = ModelPack([models.CifarResNet(depth=8, batch_norm=False) for _ in range(2)], route=route)
+    if refused:
+        with pytest.raises(ConfigError, match="route=streams cannot run CUDA graphs .*use hydra.launcher.route=loop"):
+            pack.compile(mode)
+        assert pack.compile_mode is None
+    else:
+        pack.compile(mode)
+        assert pack.compile_mode == mode

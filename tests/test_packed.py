@@ -6,6 +6,7 @@ import csv
 import importlib.util
 import json
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -533,6 +534,74 @@ def test_benchmark_profiles_each_pipeline(tmp_path, capsys):
     # The loop route runs each member's own forward and backward: about twice the host ops of one run.
     assert 1.4 * single["host_ops_per_step"] < pack["host_ops_per_step"] < 2.2 * single["host_ops_per_step"]
     assert "profile packed_2_loop:" in capsys.readouterr().out
+
+
+TINY_BENCH = ["--device", "cpu", "--steps", "1", "--warmup", "0", "--rounds", "2", "--ks", "2", "--routes", "loop",
+              "--batch-size", "8", "--min-time", "0", "--no-reference"]
+
+
+def _failing(benchmark, monkeypatch, members: int, on_call: int, exc: BaseException) -> None:
+    """Packs of `members` raise `exc` on their `on_call`-th call (0: when built); the rest measure as always."""
+    real = benchmark.engine_pipeline
+
+    def engine_pipeline(*args, **kw):
+        if kw["members"] != members:
+            return real(*args, **kw)
+        if on_call == 0:
+            raise exc
+        measure, calls = real(*args, **kw), []
+
+        def flaky(n):
+            calls.append(n)
+            if len(calls) == on_call:
+                raise exc
+            return measure(n)
+        return flaky
+
+    monkeypatch.setattr(benchmark, "engine_pipeline", engine_pipeline)
+
+
+@pytest.mark.parametrize("on_call", [0, 2])
+def test_a_pipeline_that_fails_is_recorded_and_the_others_are_still_measured(tmp_path, capsys, monkeypatch, on_call):
+    benchmark = load_benchmark()
+    _failing(benchmark, monkeypatch, 2, on_call, RuntimeError("CUDA error: an illegal memory access\nmore"))
+    out = tmp_path / "bench.json"
+    assert benchmark.main([*TINY_BENCH, "--json", str(out)]) == 1
+    results = json.loads(out.read_text())
+    assert results["failures"] == {"packed_2_loop": "RuntimeError: CUDA error: an illegal memory access"}
+    assert results["complete"] is False and results["interrupted"] is None
+    assert len(results["images_per_s"]["single"]["samples"]) == 2  # both rounds of the others
+    if on_call == 0:  # failed to build: no rate
+        assert "packed_2_loop" not in results["images_per_s"] and "2" not in results["best_route"]
+    else:  # failed in round 2 (no warmup: call n is round n): round 1's rate stays, marked by the failure
+        assert len(results["images_per_s"]["packed_2_loop"]["samples"]) == 1
+    assert "FAILED packed_2_loop: RuntimeError: CUDA error" in capsys.readouterr().out
+
+
+def test_an_interrupted_benchmark_writes_the_rounds_it_finished(tmp_path, capsys, monkeypatch):
+    """The device check's timeout stops the benchmark with SIGINT: bench.json keeps what was measured."""
+    benchmark = load_benchmark()
+    _failing(benchmark, monkeypatch, 2, 2, KeyboardInterrupt())  # round 2 (no warmup), after the single run's
+    out = tmp_path / "bench.json"
+    assert benchmark.main([*TINY_BENCH, "--json", str(out)]) == 130
+    results = json.loads(out.read_text())
+    assert results["interrupted"] == "rounds" and results["complete"] is False
+    assert len(results["images_per_s"]["packed_2_loop"]["samples"]) == 1
+    assert len(results["images_per_s"]["single"]["samples"]) == 2  # round 2 had measured it before
+    assert results["best_route"]["2"]["pipeline"] == "packed_2_loop"
+    assert "INTERRUPTED during rounds" in capsys.readouterr().out
+
+
+def test_a_benchmark_process_that_fails_is_reported_at_once_not_waited_for(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))  # importable by name: spawned processes import it
+    benchmark = importlib.import_module("benchmark")
+    args = benchmark.parse_args([*TINY_BENCH, "--threads", "1"])
+    args.warmup_steps, args.timed_steps, args.min_time_s = 1, 1, 0.0
+    start = time.monotonic()
+    # The processes are told to train on a GPU this machine lacks: each fails while building.
+    with pytest.raises(RuntimeError, match="a benchmark process failed: .*"):
+        benchmark.processes_pipeline(args, torch.device("cuda"), 2)
+    assert time.monotonic() - start < benchmark.PROCESS_WAIT_S / 2
 
 
 def test_busy_time_is_the_union_of_kernel_intervals():
