@@ -20,7 +20,8 @@ Pipelines, all ResNet20 (BatchNorm off, as in the post's experiment; --batch-nor
 Each pipeline first runs --warmup untimed steps (a compiled one compiles there). Then, --rounds times,
 every in-process pipeline in turn (interleaved, so that load changes hit all alike) is timed over
 repeats of --steps steps lasting at least --min-time seconds; the table reports the median and the
-range over rounds. Process pipelines need the device to themselves, so they run after those rounds.
+range over rounds. Process pipelines need the device to themselves, so they run after those rounds
+(their processes start once, then train --rounds rounds together).
 
 On CPU the trainer also sets glibc's malloc to keep freed memory (trainer.keep_freed_memory). That
 setting is process-wide and cannot be undone, so a CPU benchmark runs in two phases: first reference
@@ -308,8 +309,9 @@ def pack_pipeline_name(k: int, route: str, mode: str | None) -> str:
     return f"packed_{k}_{route}" + (f"_{mode}" if mode else "")
 
 
-def _process_worker(args, device_name: str, messages, go) -> None:
-    """One of N concurrent single runs: builds and warms up, says so, waits for all, trains >= --min-time s."""
+def _process_worker(args, device_name: str, messages, rounds, stop) -> None:
+    """One of N concurrent single runs: builds and warms up, says so, then for each round waits for the
+    round's start (all start together) and trains >= --min-time seconds. One start-up for all rounds."""
     try:
         if args.threads:
             torch.set_num_threads(args.threads)
@@ -320,13 +322,14 @@ def _process_worker(args, device_name: str, messages, go) -> None:
         measure = engine_pipeline(args, ds, device, autocast, members=1, route="loop", mode=None)
         measure(max(args.warmup_steps, 1))
         messages.put(("ready", None))
-        if not go.wait(timeout=PROCESS_WAIT_S):
-            return
-        images = seconds = 0.0
-        while seconds == 0 or seconds < args.min_time_s:
-            more_images, more_seconds = measure(args.timed_steps)
-            images, seconds = images + more_images, seconds + more_seconds
-        messages.put(("done", (images, seconds)))
+        for go in rounds:
+            if not go.wait(timeout=PROCESS_WAIT_S) or stop.is_set():
+                return
+            images = seconds = 0.0
+            while seconds == 0 or seconds < args.min_time_s:
+                more_images, more_seconds = measure(args.timed_steps)
+                images, seconds = images + more_images, seconds + more_seconds
+            messages.put(("done", (images, seconds)))
     except Exception as exc:  # noqa: BLE001 - reported by the parent, as text (a CUDA error may not pickle)
         messages.put(("error", one_line(exc)))
 
@@ -359,25 +362,29 @@ def _gather(messages, procs, n: int, tag: str) -> list:
     return got
 
 
-def processes_pipeline(args, device: torch.device, n: int) -> tuple[float, list[float]]:
-    """Aggregate images/s of n single runs training at the same time in n processes (as launcher=joblib)."""
+def processes_pipeline(args, device: torch.device, n: int, rounds: int = 1):
+    """Aggregate images/s of n single runs training at the same time in n processes (as launcher=joblib), for
+    each round: yields (aggregate, [each process's images/s]). The processes start once and stay for every round."""
     ctx = multiprocessing.get_context("spawn")  # CUDA cannot be forked
-    messages, go = ctx.Queue(), ctx.Event()
-    procs = [ctx.Process(target=_process_worker, args=(args, str(device), messages, go)) for _ in range(n)]
+    messages, starts, stop = ctx.Queue(), [ctx.Event() for _ in range(rounds)], ctx.Event()
+    procs = [ctx.Process(target=_process_worker, args=(args, str(device), messages, starts, stop)) for _ in range(n)]
     for proc in procs:
         proc.start()
     try:
         _gather(messages, procs, n, "ready")
-        go.set()
-        outcomes = _gather(messages, procs, n, "done")
+        for go in starts:
+            go.set()
+            rates = [images / seconds for images, seconds in _gather(messages, procs, n, "done")]
+            yield sum(rates), rates
     finally:
+        stop.set()
+        for go in starts:  # rounds not reached: the processes return instead of waiting for them
+            go.set()
         for proc in procs:
             proc.join(timeout=30)
             if proc.is_alive():
                 proc.kill()
                 proc.join(timeout=10)
-    rates = [images / seconds for images, seconds in outcomes]
-    return sum(rates), rates
 
 
 def synthetic_data(args, steps: int):
@@ -637,16 +644,14 @@ def run(args) -> dict:
             name = f"processes_{n}"
             kinds[name] = {"kind": "processes", "members": n}
             state["samples"][name], state["faults"][name] = [], []
-            for r in range(rounds):
-                try:
-                    total, rates = processes_pipeline(args, device, n)
-                except Exception as exc:  # noqa: BLE001 - recorded; what was measured stays
-                    failures[name] = one_line(exc)
-                    print(f"round {r + 1}/{rounds} {name}: failed ({failures[name]})", file=sys.stderr, flush=True)
-                    break
-                state["samples"][name].append(total)
-                print(f"round {r + 1}/{rounds} {name}: {total:.1f} images/s ({', '.join(f'{x:.0f}' for x in rates)})",
-                      file=sys.stderr, flush=True)
+            try:
+                for r, (total, rates) in enumerate(processes_pipeline(args, device, n, rounds)):
+                    state["samples"][name].append(total)
+                    print(f"round {r + 1}/{rounds} {name}: {total:.1f} images/s "
+                          f"({', '.join(f'{x:.0f}' for x in rates)})", file=sys.stderr, flush=True)
+            except Exception as exc:  # noqa: BLE001 - recorded; the rounds measured stay
+                failures[name] = one_line(exc)
+                print(f"{name}: failed ({failures[name]})", file=sys.stderr, flush=True)
             checkpoint(phase)
     except KeyboardInterrupt:
         state["interrupted"] = phase

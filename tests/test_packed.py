@@ -600,7 +600,7 @@ def test_a_benchmark_process_that_fails_is_reported_at_once_not_waited_for(monke
     start = time.monotonic()
     # The processes are told to train on a GPU this machine lacks: each fails while building.
     with pytest.raises(RuntimeError, match="a benchmark process failed: .*"):
-        benchmark.processes_pipeline(args, torch.device("cuda"), 2)
+        list(benchmark.processes_pipeline(args, torch.device("cuda"), 2, rounds=2))
     assert time.monotonic() - start < benchmark.PROCESS_WAIT_S / 2
 
 
@@ -616,9 +616,10 @@ def test_benchmark_times_concurrent_single_run_processes(tmp_path):
     out = tmp_path / "bench.json"
     run_cli(["scripts/benchmark.py", "--device", "cpu", "--steps", "1", "--warmup", "1", "--rounds", "1", "--ks", "2",
              "--batch-size", "8", "--min-time", "0", "--no-reference", "--processes", "2", "--threads", "1",
-             "--json", str(out)], module="", env=cli_env(tmp_path))
+             "--rounds", "2", "--json", str(out)], module="", env=cli_env(tmp_path))
     results = json.loads(out.read_text())
     assert results["pipelines"]["processes_2"] == {"kind": "processes", "members": 2}
+    assert len(results["images_per_s"]["processes_2"]["samples"]) == 2  # one start-up, two rounds
     assert results["images_per_s"]["processes_2"]["median"] > 0
     assert results["speedup_vs_sequential"]["processes_2"] == pytest.approx(
         results["images_per_s"]["processes_2"]["median"] / results["images_per_s"]["single"]["median"])
