@@ -62,9 +62,12 @@ run_stage() {
     if [ $rc -eq 0 ]; then record "$name" ok; else record "$name" "failed (exit $rc)"; fi
     return $rc
 }
-# best_eager_route K: the route of the fastest measured eager pack of K members in bench.json.
+# best_eager_route K: the route of the fastest measured eager pack of K members in this command's bench.json, else
+# in the one an earlier command left on this still-warm machine.
 best_eager_route() {
-    python3 - "$OUT/bench.json" "$1" <<'PY' 2>/dev/null
+    local bench="$OUT/bench.json"
+    [ -f "$bench" ] || bench="$WORK/bench.json"
+    python3 - "$bench" "$1" <<'PY' 2>/dev/null
 import json, sys
 r = json.load(open(sys.argv[1]))
 packs = [(r["images_per_s"][n]["median"], p["route"]) for n, p in r["pipelines"].items()
