@@ -32,11 +32,13 @@ def _decode_error(path: str, reason: str) -> ImageDecodeError:
 
 
 def torchvision_decoder_available() -> bool:
+    # Whether torchvision's image extension registered its ops: the public way across versions (the private
+    # torchvision.io.image._has_image_ops is new; torchvision 0.26, the GPU machine's, has none).
     try:
-        from torchvision.io.image import _has_image_ops
+        import torchvision.io  # noqa: F401 - loads the image extension, which registers torch.ops.image.*
     except ImportError:
         return False
-    return bool(_has_image_ops())
+    return hasattr(torch.ops.image, "decode_jpeg")
 
 
 def _read_bytes(paths: Sequence[str]) -> list[bytes]:

@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a plain script from anywhere
 import models  # noqa: E402
 import optimizers  # noqa: E402
-from experiments import run_files  # noqa: E402
+from experiments import run_files, run_info  # noqa: E402
 from experiments.builders import pick_device  # noqa: E402
 from experiments.run_info import git_commit  # noqa: E402
 
@@ -153,7 +153,8 @@ def main(argv: list[str] | None = None) -> dict:
     for name, r in results.items():
         print(f"{name:<18}{r['ms_per_step']:>10.3f}{r['ratio_to_torch_adamw']:>15.3f}")
     payload = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git_commit": git_commit(),
-               "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+               "device": str(device), "hardware": run_info.hardware(str(device)), "torch": torch.__version__,
+               "threads": torch.get_num_threads(),
                "tensors": len(shapes), "values": numel, "steps": args.steps, "repeats": args.repeats, "packs": list(packs),
                "results": results}
     if args.json is not None:

@@ -15,7 +15,7 @@
 #   bench      scripts/benchmark.py: reference, single run eager and compiled, packs of 4/12/24 on every route,
 #              a compiled pack of 24, 4 concurrent single-run processes, then a profile of 5 steps of each
 #              (device busy share, kernels and host ops per step, costliest ops; BENCH_ARGS replaces the defaults)
-#   precision  experiment=precision_check (fp32 vs tf32 vs bf16, 2 methods x 4 seeds, 5 epochs) on the fastest
+#   precision  experiment=precision_check (fp32 vs tf32 vs bf16, 2 methods x 4 seeds, 3 epochs) on the fastest
 #              eager route the benchmark measured for 12 members; scripts/precision_check.py judges it
 #   grid       one window of the full-scale experiments (GRID_WINDOW, scripts/full_scale.py; default blog-s0, one
 #              seed of the post's grid: 24 runs x 50 epochs, a pack of 24; or a part of one, WINDOW.IofN) on the
@@ -30,7 +30,8 @@
 # A dry run of the plumbing on a CPU (what tests/test_device_check.py does): DEVICE=cpu, TESTS_SELECT, BENCH_ARGS,
 # OPTIM_ARGS (added to bench_optimizers.py's),
 # RUN_ARGS (Hydra overrides added to the precision and grid sweeps, e.g. a data subset and one epoch), and
-# PRECISION_ARGS / GRID_ARGS (added to one of them, e.g. a smaller grid).
+# PRECISION_ARGS / GRID_ARGS (added to one of them, e.g. a smaller grid), PRECISION_NEEDS_S / GRID_NEEDS_S (the seconds
+# a stage needs, in place of its estimate from the benchmark's rates).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 START=$(date +%s)
@@ -133,7 +134,13 @@ torchvision.__version__, torch.cuda.get_device_name(0), torch.backends.cudnn.ver
         ;;
     precision)
         route=${PRECISION_ROUTE:-$(best_eager_route 12)}
-        run_stage precision 150 python3 -m experiments.train -m experiment=precision_check launcher=packed \
+        # Its three packs of 8 at the rate measured for 8 members (30 s of start-up each: eager, data cached).
+        bench="$OUT/bench.json"
+        [ -f "$bench" ] || bench="$WORK/bench.json"
+        need=${PRECISION_NEEDS_S:-$(python3 scripts/full_scale.py estimate precision_check --bench "$bench" \
+            --packed-init own --start-s 30 2>/dev/null || echo 240)}
+        say "precision: route ${route:-auto}, estimate ${need}s"
+        run_stage precision "$need" python3 -m experiments.train -m experiment=precision_check launcher=packed \
             hydra.launcher.packed_init=own "hydra.launcher.route=${route:-auto}" "${COMMON[@]}" ${PRECISION_ARGS:-}
         if [ -d "$RUNS/sweeps/precision_check" ]; then
             python3 scripts/precision_check.py "$RUNS/sweeps/precision_check" -o "$OUT/precision.md" \

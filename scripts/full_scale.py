@@ -114,12 +114,13 @@ class Grid:
     def images(self) -> int:
         return len(self.runs) * self.epochs * self.train_images
 
-    def pack_sizes(self) -> list[int]:
-        """Members of each pack launcher=packed makes of these runs (packed_init=shared), in order."""
+    def pack_sizes(self, packed_init: str = "shared") -> list[int]:
+        """Members of each pack launcher=packed makes of these runs, in order (packed_init=own: seeds share too)."""
+        member_keys = MEMBER_KEY_PREFIXES + (("seed",) if packed_init == "own" else ())
         packs: dict[tuple, int] = {}
         for run in self.runs:
             key = tuple((k, str(v)) for k, v in run.items()
-                        if not any(k == p or k.startswith(p + ".") for p in MEMBER_KEY_PREFIXES))
+                        if not any(k == p or k.startswith(p + ".") for p in member_keys))
             packs[key] = packs.get(key, 0) + 1
         return list(packs.values())
 
@@ -263,14 +264,15 @@ def rate_for(rates: dict[int, Rate], members: int) -> Rate | None:
     return Rate(members, lo.images_per_s + share * (hi.images_per_s - lo.images_per_s), near.route, near.compile)
 
 
-def estimate_s(g: Grid, rates: dict[int, Rate]) -> int | None:
+def estimate_s(g: Grid, rates: dict[int, Rate], packed_init: str = "shared",
+               start_s: float = PACK_START_S) -> int | None:
     """Seconds the window's packs take one after another at the measured rates; None if a size is unmeasured."""
     total = 0.0
-    for size in g.pack_sizes():
+    for size in g.pack_sizes(packed_init):
         rate = rate_for(rates, size)
         if rate is None:
             return None
-        total += size * g.epochs * g.train_images * EVAL_OVERHEAD / rate.images_per_s + PACK_START_S
+        total += size * g.epochs * g.train_images * EVAL_OVERHEAD / rate.images_per_s + start_s
     return math.ceil(round(total, 6))  # 1.1 is no float: 30 M x 1.1 / 60,000 is 550, not 550.0000001
 
 
@@ -552,6 +554,11 @@ def main(argv: list[str] | None = None) -> int:
             q.add_argument("window")
     for action in ("overrides", "images", "sweep"):
         sub.add_parser(action).add_argument("window")
+    t = sub.add_parser("estimate", help="seconds an experiment's sweep takes packed, at a benchmark's rates")
+    t.add_argument("experiment")
+    t.add_argument("--bench", type=Path, required=True)
+    t.add_argument("--packed-init", choices=("shared", "own"), default="shared")
+    t.add_argument("--start-s", type=float, default=PACK_START_S, help="start-up per pack (default 60)")
     e = sub.add_parser("expect", help=f"(re)write SWEEP_DIR/{EXPECTED_FILE} (merge does this itself)")
     e.add_argument("sweep_dirs", nargs="+", type=Path)
     m = sub.add_parser("merge", help="add brought-back run folders to the sweep folders")
@@ -564,6 +571,13 @@ def main(argv: list[str] | None = None) -> int:
             print(plan(args.sweeps, rates or None, args.seconds))
         elif args.action == "device-plan":
             print("\n".join(f"{k}={shlex.quote(v)}" for k, v in device_plan(args.window, rates, args.seconds).items()))
+        elif args.action == "estimate":
+            g = grid(Window(args.experiment, 0, args.experiment, ()))
+            seconds = estimate_s(g, rates, args.packed_init, args.start_s)
+            if seconds is None:
+                raise WindowError(f"{args.bench} has no rate for packs of {min(g.pack_sizes(args.packed_init))} or "
+                                  "fewer members")
+            print(seconds)
         elif args.action == "expect":
             for sweep_dir in args.sweep_dirs:
                 path = write_expected(sweep_dir)

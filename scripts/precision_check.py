@@ -10,7 +10,8 @@ seeds) and the mean paired difference from fp32 with its std. Rule: a precision 
 full-scale grids when, for every method, |mean paired difference| is at most half the fp32
 seed-to-seed std, for the accuracy and for the model norm alike (1-sigma seeds would hide it); of
 the acceptable ones the script names the cheapest (bf16, then tf32, then fp32).
-Every run must be finished: a missing, failed or cut-short run is listed and the script exits 1.
+Every run must be finished: a missing, failed, diverged or cut-short run is listed, the script exits
+1, and no precision missing a run (or its fp32 twin) is acceptable.
 """
 from __future__ import annotations
 
@@ -29,34 +30,51 @@ CHEAPEST_FIRST = ("bf16", "tf32", "fp32")
 METRICS = ("test_acc", "model_norm")
 
 
-def read_runs(sweep_dir: Path) -> tuple[dict, list[str]]:
-    """{(method, precision, seed): final metrics} of finished runs, and a line per run that is not usable."""
-    runs, problems = {}, []
+def _key(cfg: dict) -> tuple[str, str, int] | None:
+    try:
+        return cfg["optimizer"]["name"], cfg["trainer"]["precision"], int(cfg["seed"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def read_runs(sweep_dir: Path) -> tuple[dict, list[str], set]:
+    """{(method, precision, seed): final metrics} of finished runs, a line per run that is not usable, and the
+    (method, precision, seed) of every run folder seen, usable or not."""
+    runs, problems, seen = {}, [], set()
     for path in sorted(sweep_dir.glob("*/summary.json")):
         summary = run_files.read_json(path)
         if summary is None:
             problems.append(f"{path.parent.name}: summary.json unreadable")
             continue
         cfg = summary.get("config", {})
+        if (key := _key(cfg)) is not None:
+            seen.add(key)
         if summary.get("status") != "finished" or summary.get("epochs_completed") != cfg.get("trainer", {}).get("epochs"):
             problems.append(f"{path.parent.name}: status {summary.get('status')}, "
                             f"{summary.get('epochs_completed')} epochs")
             continue
-        key = (cfg["optimizer"]["name"], cfg["trainer"]["precision"], int(cfg["seed"]))
         runs[key] = {m: summary["final"][m] for m in METRICS}
-    return runs, problems
+    return runs, problems, seen
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else float("nan")
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
-def analyse(runs: dict) -> dict:
-    methods = sorted({m for m, _, _ in runs})
-    seeds = sorted({s for _, _, s in runs})
-    report: dict = {"methods": methods, "seeds": seeds, "rows": [], "acceptable": {}}
+def analyse(runs: dict, seen: set = frozenset()) -> dict:
+    """The table and the verdicts. Every method and seed of any run seen is expected in every precision: a
+    precision with one of them, or its fp32 twin, missing or unfinished is not acceptable (its table rows
+    still show the seeds there are), so that a run that diverged in bf16 cannot let bf16 through."""
+    keys = set(runs) | set(seen)
+    methods = sorted({m for m, _, _ in keys})
+    seeds = sorted({s for _, _, s in keys})
+    report: dict = {"methods": methods, "seeds": seeds, "rows": [], "acceptable": {}, "incomplete": {}}
     for precision in PRECISIONS:
-        ok = True
+        absent = [f"{m} seed {s}" + ("" if (m, precision, s) in runs else f" ({precision})")
+                  + ("" if (m, "fp32", s) in runs else " (its fp32 twin)")
+                  for m in methods for s in seeds if (m, precision, s) not in runs or (m, "fp32", s) not in runs]
+        report["incomplete"][precision] = absent
+        ok = not absent
         for method in methods:
             row = {"method": method, "precision": precision}
             for metric in METRICS:
@@ -73,7 +91,7 @@ def analyse(runs: dict) -> dict:
                 seed_std = _mean_std(fp32)[1]
                 row[metric] = {"mean": mean, "std": std, "n": len(values), "paired_diff": diff,
                                "paired_diff_std": diff_std, "fp32_seed_std": seed_std,
-                               "within_half_seed_std": abs(diff) <= 0.5 * seed_std}
+                               "within_half_seed_std": seed_std is not None and abs(diff) <= 0.5 * seed_std}
                 ok = ok and row[metric]["within_half_seed_std"]
             report["rows"].append(row)
         report["acceptable"][precision] = ok
@@ -97,9 +115,11 @@ def markdown(report: dict, problems: list[str]) -> str:
             cells.append(f"{m['paired_diff'] * scale:+.3f} ± {m['paired_diff_std'] * scale:.3f}"
                          + ("" if m["within_half_seed_std"] or row["precision"] == "fp32" else " **> ½ seed std**"))
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Acceptable (every |paired Δ| ≤ ½ the fp32 seed-to-seed std): "
-              + ", ".join(f"{p} {'yes' if ok else 'no'}" for p, ok in report["acceptable"].items()),
-              f"Cheapest acceptable precision: **{report['choice'] or 'none'}**"]
+    lines += ["", "Acceptable (every run and its fp32 twin finished, every |paired Δ| ≤ ½ the fp32 seed-to-seed "
+              "std): " + ", ".join(f"{p} {'yes' if ok else 'no'}" for p, ok in report["acceptable"].items())]
+    lines += [f"- {p} cannot be accepted: not finished: {', '.join(absent)}"
+              for p, absent in report["incomplete"].items() if absent]
+    lines.append(f"Cheapest acceptable precision: **{report['choice'] or 'none'}**")
     if problems:
         lines += ["", "Runs left out (not finished):"] + [f"- {p}" for p in problems]
     return "\n".join(lines) + "\n"
@@ -115,11 +135,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.sweep_dir} is not a folder; pass the sweep folder of experiment=precision_check",
               file=sys.stderr)
         return 2
-    runs, problems = read_runs(args.sweep_dir)
+    runs, problems, seen = read_runs(args.sweep_dir)
     if not runs:
         print(f"error: no finished run in {args.sweep_dir}", file=sys.stderr)
         return 2
-    report = analyse(runs)
+    report = analyse(runs, seen)
     text = markdown(report, problems)
     print(text, end="")
     if args.output:

@@ -50,7 +50,7 @@ def test_the_device_check_runs_every_stage_and_packs_its_outputs(tmp_path):
                   BENCH_ARGS="--ks 2 --routes loop,grouped --steps 1 --warmup 0 --rounds 1 --min-time 0 "
                              "--batch-size 8 --workers 0 --no-reference --profile --profile-steps 1",
                   OPTIM_ARGS="--steps 1 --repeats 1 --warmup 0", RUN_ARGS=TINY,
-                  PRECISION_ARGS="trainer.precision=fp32,bf16 seed=0,1",
+                  PRECISION_ARGS="trainer.precision=fp32,bf16 seed=0,1", PRECISION_NEEDS_S="0",
                   GRID_ARGS="optimizer.lr=1e-3 optimizer.weight_decay=1e-4,1e-2", GRID_BENCH=str(grid_bench))
     proc = subprocess.run(["bash", "scripts/device_check.sh", "tests", "bench", "precision", "grid", "optim"], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=900)
@@ -147,6 +147,29 @@ def test_the_precision_check_accepts_a_precision_only_within_half_the_seed_sprea
     _fake_summary(tmp_path, "adamw", "bf16", 4, 0.1, 1.0, status="failed")
     assert check.main([str(tmp_path)]) == 1
     assert "status failed, 2 epochs" in capsys.readouterr().out
+
+
+def test_a_precision_with_a_run_that_did_not_finish_is_never_chosen(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("precision_check", REPO / "scripts" / "precision_check.py")
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    for method in ("adamw", "adamp"):
+        for seed, effect in enumerate([0.0, 0.01, -0.01, 0.005]):
+            _fake_summary(tmp_path, method, "fp32", seed, 0.60 + effect, 30.0 + 10 * effect)
+            _fake_summary(tmp_path, method, "tf32", seed, 0.60 + effect, 30.0 + 10 * effect)
+            if (method, seed) == ("adamp", 3):  # bf16: one run diverged, one never started (the deadline)
+                _fake_summary(tmp_path, method, "bf16", seed, 0.1, 1.0, status="diverged")
+            elif (method, seed) != ("adamw", 2):
+                _fake_summary(tmp_path, method, "bf16", seed, 0.60 + effect, 30.0 + 10 * effect)
+    assert check.main([str(tmp_path), "--json", str(tmp_path / "p.json"), "-o", str(tmp_path / "p.md")]) == 1
+    report = json.loads((tmp_path / "p.json").read_text())
+    # On the seeds that finished bf16 is indistinguishable from fp32, yet it is not acceptable.
+    assert report["acceptable"] == {"fp32": True, "tf32": True, "bf16": False} and report["choice"] == "tf32"
+    assert report["incomplete"]["bf16"] == ["adamp seed 3 (bf16)", "adamw seed 2 (bf16)"]
+    assert "- bf16 cannot be accepted: not finished: adamp seed 3 (bf16), adamw seed 2 (bf16)" in \
+        (tmp_path / "p.md").read_text()
 
 
 def test_the_source_stamp_names_the_commit_only_for_an_unchanged_copy(tmp_path, capsys):

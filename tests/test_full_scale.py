@@ -383,3 +383,15 @@ def test_provenance_says_how_much_of_the_started_windows_is_home(tmp_path, capsy
     assert provenance.main([str(sweep)]) == 0
     assert ("- blog_adamw_vs_adamp: windows blog-s1 started, 24 runs expected, 3 run folders here (collect.py "
             "marks the others missing)") in capsys.readouterr().out
+
+
+def test_the_precision_check_is_estimated_as_three_packs_of_eight(tmp_path, capsys):
+    """What device_check.sh gates its precision stage on: a pack of 8 (2 methods x 4 seeds, packed_init=own) per
+    precision, each member 3 epochs of 50,000 images."""
+    g = full_scale.grid(full_scale.Window("precision_check", 0, "precision_check", ()))
+    assert g.pack_sizes("own") == [8, 8, 8] and g.epochs == 3
+    bench = _bench(tmp_path / "bench.json", RATES)
+    assert full_scale.main(["estimate", "precision_check", "--bench", str(bench), "--packed-init", "own",
+                            "--start-s", "30"]) == 0
+    # 8 members at 50,000 images/s (on the line from 4 to 12): 8 x 150,000 x 1.1 / 50,000 + 30 s, three times.
+    assert int(capsys.readouterr().out) == 170  # 3 x 56.4 = 169.2, rounded up
