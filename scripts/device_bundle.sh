@@ -25,3 +25,14 @@ mkdir -p .whl
 ls .whl/antlr4_python3_runtime-4.9.3-*.whl >/dev/null 2>&1 || "$PY" -m pip wheel -q --no-deps -w .whl antlr4-python3-runtime==4.9.3
 "$PY" scripts/source_stamp.py write .whl/source_stamp.json
 du -sh --apparent-size datasets/cifar10-jpeg .whl
+# What travels: the tracked and untracked-not-ignored files plus the two carried folders, at most 64 MiB.
+bytes() { du -cb --apparent-size "$@" 2>/dev/null | tail -1 | cut -f1; }
+tree=$(git ls-files -co --exclude-standard -z | xargs -0 du -cb --apparent-size 2>/dev/null | awk '$2 == "total" {s += $1} END {print s + 0}')
+total=$(( tree + $(bytes datasets/cifar10-jpeg) + $(bytes .whl) ))
+echo "travels: $(( total / 1048576 )) MiB of 64 (checkout $(( tree / 1048576 )) MiB)"
+if [ "$total" -gt $(( 64 * 1048576 )) ]; then
+    echo "error: that is over the device tool's 64 MiB; move large untracked files out of the checkout" >&2
+    exit 2
+elif [ "$total" -gt $(( 60 * 1048576 )) ]; then
+    echo "warning: within 4 MiB of the device tool's 64 MiB limit"
+fi
