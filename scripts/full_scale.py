@@ -55,10 +55,14 @@ from experiments.run_record import is_done, one_line  # noqa: E402
 
 CIFAR10_TRAIN_IMAGES = 50_000
 # What a pack's time is estimated as, in device_check.sh and here: its training images at the measured
-# aggregate rate, plus a test pass per epoch (a tenth of the images, a third of the cost), plus a minute
-# of start-up and compiling per pack.
+# aggregate rate, plus a test pass per epoch (a tenth of the images, a third of the cost), plus its
+# start-up: a minute eager, two and a half compiled (its training and test graphs compile first, and under
+# reduce-overhead the CUDA graphs are recorded). A part must fit in FIT_SHARE of the time left: a pack cut
+# off by the deadline finishes none of its runs, so a margin costs less than a miss.
 EVAL_OVERHEAD = 1.1
 PACK_START_S = 60
+COMPILED_PACK_START_S = 150
+FIT_SHARE = 0.9
 # Keys a pack's members may differ in (experiments/packed.py MEMBER_KEYS, with packed_init=shared):
 # runs that differ in any other swept key train in separate packs, one after another.
 MEMBER_KEY_PREFIXES = ("optimizer", "loss_multiplier")
@@ -265,24 +269,26 @@ def rate_for(rates: dict[int, Rate], members: int) -> Rate | None:
 
 
 def estimate_s(g: Grid, rates: dict[int, Rate], packed_init: str = "shared",
-               start_s: float = PACK_START_S) -> int | None:
-    """Seconds the window's packs take one after another at the measured rates; None if a size is unmeasured."""
+               start_s: float | None = None) -> int | None:
+    """Seconds the window's packs take one after another at the measured rates (start_s: each pack's start-up,
+    by default by its compile mode); None if a pack size has no rate."""
     total = 0.0
     for size in g.pack_sizes(packed_init):
         rate = rate_for(rates, size)
         if rate is None:
             return None
-        total += size * g.epochs * g.train_images * EVAL_OVERHEAD / rate.images_per_s + start_s
+        start = start_s if start_s is not None else (PACK_START_S if rate.compile == "false" else COMPILED_PACK_START_S)
+        total += size * g.epochs * g.train_images * EVAL_OVERHEAD / rate.images_per_s + start
     return math.ceil(round(total, 6))  # 1.1 is no float: 30 M x 1.1 / 60,000 is 550, not 550.0000001
 
 
 def fitting_parts(w: Window, rates: dict[int, Rate], seconds: float) -> list[tuple[int, list[Window]]]:
-    """Each part count whose every part fits in `seconds` at the rates, fewest parts first."""
+    """Each part count whose every part fits in FIT_SHARE of `seconds` at the rates, fewest parts first."""
     fitting = []
     for count in part_counts(grid(w)):
         cut = parts(w, count)
         estimates = [estimate_s(grid(p), rates) for p in cut]
-        if all(e is not None and e <= seconds for e in estimates):
+        if all(e is not None and e <= FIT_SHARE * seconds for e in estimates):
             fitting.append((count, cut))
     return fitting
 
@@ -433,7 +439,7 @@ def device_plan(name: str, rates: dict[int, Rate], seconds: float) -> dict[str, 
     w = resolve(name)
     g = grid(w)
     need = estimate_s(g, rates)
-    if need is not None and need > seconds and not PART.match(name):
+    if need is not None and need > FIT_SHARE * seconds and not PART.match(name):
         fitting = fitting_parts(w, rates, seconds)
         if fitting:
             w = fitting[0][1][0]
@@ -558,7 +564,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("experiment")
     t.add_argument("--bench", type=Path, required=True)
     t.add_argument("--packed-init", choices=("shared", "own"), default="shared")
-    t.add_argument("--start-s", type=float, default=PACK_START_S, help="start-up per pack (default 60)")
+    t.add_argument("--start-s", type=float, default=None,
+                   help=f"start-up per pack (default {PACK_START_S} s eager, {COMPILED_PACK_START_S} s compiled)")
     e = sub.add_parser("expect", help=f"(re)write SWEEP_DIR/{EXPECTED_FILE} (merge does this itself)")
     e.add_argument("sweep_dirs", nargs="+", type=Path)
     m = sub.add_parser("merge", help="add brought-back run folders to the sweep folders")
