@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,16 @@ def differences(stored: dict[str, Any], current: dict[str, Any], *, limit: int =
     diffs = [f"{k}: {_show(stored.get(k, '<unset>'))} -> {_show(current.get(k, '<unset>'))}"
              for k in sorted(set(stored) | set(current)) if stored.get(k, "<unset>") != current.get(k, "<unset>")]
     return diffs if len(diffs) <= limit else diffs[:limit] + [f"and {len(diffs) - limit} more"]
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Whether two recorded values of one setting are the same: numbers within float rounding (1e-3 read back
+    as 0.001), None and NaN (an empty CSV cell) alike, anything else equal."""
+    if a is None or (isinstance(a, float) and math.isnan(a)):
+        return b is None or (isinstance(b, float) and math.isnan(b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return math.isclose(float(a), float(b), rel_tol=1e-9) or a == b
+    return a == b
 
 
 def _show(value: Any) -> str:

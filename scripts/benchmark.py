@@ -73,6 +73,7 @@ from experiments.pack_optimizer import PackOptimizer  # noqa: E402
 from experiments.packed_models import ROUTES, ModelPack, default_route  # noqa: E402
 from experiments.run_files import write_json  # noqa: E402
 from experiments.run_info import git_commit  # noqa: E402
+from experiments.run_record import one_line  # noqa: E402
 from experiments.schedules import ScheduleSpec  # noqa: E402
 
 CONSTANT = ScheduleSpec("constant")
@@ -489,10 +490,6 @@ def profile_pipeline(measure, steps: int, device: torch.device, step_ms: float, 
     }
 
 
-def one_line(exc: BaseException) -> str:
-    return (f"{type(exc).__name__}: {exc}".strip().splitlines() or [type(exc).__name__])[0]
-
-
 def _recover(device: torch.device) -> None:
     """After a pipeline fails: free what it held, so that the next ones get the device's memory."""
     import gc
@@ -563,12 +560,12 @@ def run(args) -> dict:
     # Phase 1 only where the trainer would change the process's malloc: CPU runs with the setting on.
     two_phase = device.type == "cpu" and args.keep_freed_memory and not args.no_reference
     state = {"kinds": {}, "samples": {}, "faults": {}, "plain_samples": {}, "plain_faults": {}, "failures": {},
-             "profiles": {}, "interrupted": None}
+             "profiles": {}, "interrupted": None, "roofline": None}
     kinds, failures = state["kinds"], state["failures"]
     settings = {"steps": steps, "warmup": warmup, "rounds": rounds, "min_time_s": min_time, "two_phase": two_phase}
 
     def checkpoint(phase: str) -> dict:
-        results = assemble(args, device, autocast, state, settings, phase)
+        results = assemble(args, device, state, settings, phase)
         if args.json:
             write_json(args.json, results)
         return results
@@ -620,6 +617,7 @@ def run(args) -> dict:
         phase = "rounds"
         measure_rounds(pipelines, phase="trainer malloc: " if two_phase else "", samples=state["samples"],
                        faults=state["faults"], **timing)
+        state["roofline"] = roofline(args, device, autocast)
         checkpoint("rounds")
         if args.profile:
             phase = "profile"
@@ -659,7 +657,17 @@ def run(args) -> dict:
     return checkpoint("done" if state["interrupted"] is None else phase)
 
 
-def assemble(args, device: torch.device, autocast, state: dict, settings: dict, phase: str) -> dict:
+def roofline(args, device: torch.device, autocast) -> dict:
+    """The step's FLOPs and the device's matmul rate, and the images/s they bound (measured outside any timing)."""
+    try:
+        flops = step_flops(args, device, autocast)
+        peak = matmul_flops_per_s(device, autocast)
+    except Exception as exc:  # noqa: BLE001 - the rates stand without it
+        return {"error": one_line(exc)}
+    return {"step_flops": flops, "matmul_flops_per_s": peak, "images_per_s_bound": args.batch_size * peak / flops}
+
+
+def assemble(args, device: torch.device, state: dict, settings: dict, phase: str) -> dict:
     """The results JSON from what has been measured so far (pipelines not measured are absent from its rates)."""
     kinds = state["kinds"]
     measured = summarize_samples(state["samples"], state["faults"])
@@ -668,15 +676,7 @@ def assemble(args, device: torch.device, autocast, state: dict, settings: dict, 
     single = median.get("single")
     reference = median.get("reference")
     plain_reference = (default_malloc or {}).get("reference", {}).get("median") if settings["two_phase"] else reference
-    roofline = state.get("roofline")
-    if roofline is None and phase != "build":
-        try:  # once, after the rounds, outside any timed region
-            flops = step_flops(args, device, autocast)
-            peak = matmul_flops_per_s(device, autocast)
-            roofline = state["roofline"] = {"step_flops": flops, "matmul_flops_per_s": peak,
-                                            "images_per_s_bound": args.batch_size * peak / flops}
-        except Exception as exc:  # noqa: BLE001 - the rates stand without it
-            roofline = state["roofline"] = {"error": one_line(exc)}
+    roofline = state["roofline"]
     if roofline and "images_per_s_bound" in roofline:
         bound = roofline["images_per_s_bound"]
         roofline = {**roofline, "bound_vs_reference": bound / plain_reference if plain_reference else None,

@@ -25,7 +25,7 @@ if _REPO not in sys.path:  # run in place as `python scripts/collect.py`, instal
 import yaml  # noqa: E402
 
 from experiments import run_files, run_info  # noqa: E402
-from experiments.run_identity import config_id  # noqa: E402
+from experiments.run_identity import config_id, same_value  # noqa: E402
 
 HPARAM_COLUMNS = [
     "optimizer", "lr", "weight_decay", "depth", "batch_norm", "dataset", "subset", "test_subset",
@@ -206,14 +206,6 @@ def unreadable_row(run_dir: Path, reason: str) -> dict:
     return row
 
 
-def _same_value(a: Any, b: Any) -> bool:
-    if a is None or (isinstance(a, float) and math.isnan(a)):
-        return b is None or (isinstance(b, float) and math.isnan(b))
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
-        return math.isclose(float(a), float(b), rel_tol=1e-9) or a == b
-    return a == b
-
-
 def missing_rows(sweep_dir: Path, rows: list[dict]) -> list[dict]:
     """Rows (status "missing") for the runs sweep_dir/expected_runs.json lists that no row is; [] without it."""
     path = sweep_dir / EXPECTED_FILE
@@ -226,7 +218,7 @@ def missing_rows(sweep_dir: Path, rows: list[dict]) -> list[dict]:
     out = []
     for run in expected["runs"]:
         hparams = run.get("hparams") or {}
-        if any(all(_same_value(row.get(k), hparams.get(k)) for k in EXPECTED_MATCH) for row in rows):
+        if any(all(same_value(row.get(k), hparams.get(k)) for k in EXPECTED_MATCH) for row in rows):
             continue
         row = {"run_dir": display_path(sweep_dir / run["run_name"]), "run_name": run["run_name"],
                "sweep_id": expected.get("sweep_id"), "experiment": expected.get("sweep_id"), "status": MISSING,

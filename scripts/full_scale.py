@@ -49,8 +49,10 @@ _REPO = Path(__file__).resolve().parents[1]
 if str(_REPO) not in sys.path:  # run in place as `python scripts/full_scale.py`, installed or not
     sys.path.insert(0, str(_REPO))
 
+from collect import EXPECTED_FILE  # noqa: E402 - the file collect.py reads the missing runs from
+
 from experiments import run_files  # noqa: E402
-from experiments.run_identity import differences  # noqa: E402
+from experiments.run_identity import differences, same_value  # noqa: E402
 from experiments.run_record import is_done, one_line  # noqa: E402
 
 CIFAR10_TRAIN_IMAGES = 50_000
@@ -129,15 +131,20 @@ class Grid:
         return list(packs.values())
 
 
-@functools.lru_cache(maxsize=None)
-def _experiment(experiment: str) -> tuple[str, tuple[tuple[str, str], ...], int, Any, str]:
-    """(sweep id, sweeper axes, epochs, data subset, data name) of an experiment config (composed once)."""
+def _compose(override_lists: list[list[str]], hydra_config: bool = False) -> list:
+    """configs/train.yaml composed with each list of overrides, under one Hydra initialisation."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(_REPO / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+        return [compose("train", overrides=o, return_hydra_config=hydra_config) for o in override_lists]
+
+
+@functools.lru_cache(maxsize=None)
+def _experiment(experiment: str) -> tuple[str, tuple[tuple[str, str], ...], int, Any, str]:
+    """(sweep id, sweeper axes, epochs, data subset, data name) of an experiment config (composed once)."""
+    (cfg,) = _compose([[f"experiment={experiment}"]], hydra_config=True)
     axes = tuple((str(k), str(v)) for k, v in cfg.hydra.sweeper.params.items())
     return str(cfg.name), axes, int(cfg.trainer.epochs), cfg.data.subset, str(cfg.data.name)
 
@@ -303,12 +310,6 @@ def _setting(config: dict, key: str) -> Any:
     return node
 
 
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
-        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=0.0) or a == b
-    return a == b
-
-
 def read_summaries(sweep_dir: Path) -> dict[Path, dict]:
     found = {}
     for path in sorted(sweep_dir.glob("*/summary.json")):
@@ -322,7 +323,7 @@ def run_statuses(g: Grid, summaries: dict[Path, dict]) -> list[str]:
     statuses = []
     for run in g.runs:
         matches = [s for s in summaries.values() if isinstance(s.get("config"), dict)
-                   and all(_same(_setting(s["config"], k), v) for k, v in run.items())]
+                   and all(same_value(_setting(s["config"], k), v) for k, v in run.items())]
         statuses.append("missing" if not matches else ("done" if any(is_done(s) for s in matches)
                                                        else matches[0]["status"]))
     return statuses
@@ -338,20 +339,12 @@ def window_status(g: Grid, summaries: dict[Path, dict]) -> dict[str, int]:
 
 # ------------------------------------------------------------------------------------------- expected runs
 
-EXPECTED_FILE = "expected_runs.json"
-
-
-def _run_hparams(w: Window, g: Grid, index: int) -> dict:
-    """What collect.py's row of one run of the window says it is (run_info.hparams of its composed config)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
+def _runs_hparams(w: Window, g: Grid) -> list[dict]:
+    """What collect.py's row of each run of the window says it is (run_info.hparams of its composed config)."""
     from experiments import run_info
 
-    overrides = [f"experiment={w.experiment}", *g.names[index].split(",")]
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(_REPO / "configs"), version_base="1.3"):
-        return run_info.hparams(compose("train", overrides=overrides))
+    return [run_info.hparams(cfg) for cfg in _compose([[f"experiment={w.experiment}", *name.split(",")]
+                                                       for name in g.names])]
 
 
 def expected_runs(sweep_dir: Path) -> dict | None:
@@ -361,11 +354,11 @@ def expected_runs(sweep_dir: Path) -> dict | None:
     started, runs = [], []
     for w in WINDOWS:
         g = grid(w)
-        if g.sweep_id != sweep_dir.name or set(statuses := run_statuses(g, summaries)) == {"missing"}:
+        if g.sweep_id != sweep_dir.name or set(run_statuses(g, summaries)) == {"missing"}:
             continue
         started.append(w.name)
-        runs += [{"window": w.name, "run_name": g.names[i], "status_at_merge": statuses[i],
-                  "hparams": _run_hparams(w, g, i)} for i in range(len(g.runs))]
+        runs += [{"window": w.name, "run_name": name, "hparams": hparams}
+                 for name, hparams in zip(g.names, _runs_hparams(w, g))]
     if not started:
         return None
     return {"written_by": "scripts/full_scale.py", "sweep_id": sweep_dir.name, "windows": started, "runs": runs}
@@ -391,13 +384,10 @@ def next_part(w: Window, summaries: dict[Path, dict], rates: dict[int, Rate], se
     fitting = fitting_parts(w, rates, seconds)
     for _, cut in fitting:
         for p in cut:
-            if set(window_status(grid(p), summaries)) == {"missing"}:
+            if set(run_statuses(grid(p), summaries)) == {"missing"}:
                 return p
-    for _, cut in fitting[:1]:
-        for p in cut:
-            if window_status(grid(p), summaries).get("done", 0) < len(grid(p).runs):
-                return p
-    return None
+    fewest = fitting[0][1] if fitting else []
+    return next((p for p in fewest if set(run_statuses(grid(p), summaries)) != {"done"}), None)
 
 
 def plan(sweeps: Path, rates: dict[int, Rate] | None = None, seconds: float = 480) -> str:

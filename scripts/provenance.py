@@ -21,6 +21,8 @@ _REPO = Path(__file__).resolve().parents[1]
 if str(_REPO) not in sys.path:  # run in place as `python scripts/provenance.py`, installed or not
     sys.path.insert(0, str(_REPO))
 
+from collect import EXPECTED_FILE  # noqa: E402 - written by full_scale.py, read by collect.py
+
 from experiments import run_files  # noqa: E402
 
 
@@ -86,7 +88,7 @@ def provenance(sweep_dirs: list[Path]) -> str:
         lines.append(f"- written: {written[0]} to {written[-1]} (UTC, each run's last summary{partial})")
     lines.append(f"- precision {each('trainer.precision')}; trainer.compile {each('trainer.compile')}")
     for sweep in sweep_dirs:  # full-scale windows some of whose runs are here (scripts/full_scale.py)
-        expected = run_files.read_json(sweep / "expected_runs.json")
+        expected = run_files.read_json(sweep / EXPECTED_FILE)
         if isinstance(expected, dict) and isinstance(expected.get("runs"), list):
             here = sum(1 for run in summaries if run.parent == sweep)
             lines.append(f"- {sweep.name}: windows {', '.join(expected.get('windows') or [])} started, "
