@@ -57,6 +57,11 @@ INCOMPLETE_COLOR = "#d62728"
 RESULT_COLUMNS_NEEDED = ("run_dir", "optimizer", "lr", "weight_decay", "status")
 CURVE_COLUMNS_NEEDED = ("run_dir", "epoch")
 CURVE_METRICS = (("test_acc", "test accuracy (%)"), ("train_loss", "train loss"))
+LINESTYLES = ("-", "--", ":", "-.")
+MARKERS = "osD^v<>"
+# PNGs go into git and travel to the GPU machine within its 64 MiB: a 256-colour palette keeps a figure's
+# look (a few flat cells and antialiased text) at about a third of the bytes of matplotlib's RGBA.
+PNG_COLOURS = 256
 
 
 # ---------------------------------------------------------------- inputs
@@ -317,13 +322,41 @@ def missing_curves(df: pd.DataFrame, curves: pd.DataFrame | None, metric: str = 
     return lines
 
 
+def _key_id(key: dict) -> tuple:
+    return tuple(sorted((c, str(v)) for c, v in key.items()))
+
+
+def method_styles(keys: list[dict]) -> dict[tuple, dict]:
+    """A line style per method key: the optimizer's colour (there are fewer optimizers than tab10's colours), and
+    for the settings that vary besides it (BN, c) a dash pattern, then a marker, so that no two methods look
+    alike (matplotlib's own cycle repeats its ten colours: a scale-free sweep has twelve methods)."""
+    colours = matplotlib.colormaps["tab10"].colors
+    optimizers = list(dict.fromkeys(key["optimizer"] for key in keys))
+    variants: dict[str, list[tuple]] = {}
+    styles = {}
+    for key in keys:
+        seen = variants.setdefault(key["optimizer"], [])
+        rest = _key_id({c: v for c, v in key.items() if c != "optimizer"})
+        if rest not in seen:
+            seen.append(rest)
+        v = seen.index(rest)
+        style = {"color": colours[optimizers.index(key["optimizer"]) % len(colours)],
+                 "linestyle": LINESTYLES[v % len(LINESTYLES)]}
+        if v >= len(LINESTYLES):  # past the dash patterns, a marker tells the variants apart
+            style["marker"] = MARKERS[(v // len(LINESTYLES) - 1) % len(MARKERS)]
+        styles[_key_id(key)] = style
+    return styles
+
+
 def plot_best_curves(df: pd.DataFrame, curves: pd.DataFrame, metric: str = "test_acc",
                      split_by: tuple[str, ...] = ()) -> Figure | None:
     """Test accuracy and train loss per epoch of each method's best configuration (mean ± std)."""
     fig = Figure(figsize=(11, 4), layout="constrained")
     axes = fig.subplots(1, len(CURVE_METRICS))
     drawn = 0
-    for key, lr, wd, runs in best_configs(df, metric, split_by):
+    best = best_configs(df, metric, split_by)
+    styles = method_styles([key for key, *_ in best])
+    for key, lr, wd, runs in best:
         rows = curves[curves["run_dir"].isin(runs["run_dir"])]
         if rows.empty:
             continue
@@ -334,7 +367,7 @@ def plot_best_curves(df: pd.DataFrame, curves: pd.DataFrame, metric: str = "test
             stats = rows.groupby("epoch")[name].agg(["mean", "std"]).sort_index()
             scale = _scale(name)
             mean, std = stats["mean"] * scale, stats["std"].fillna(0) * scale
-            (line,) = ax.plot(stats.index, mean, label=label)
+            (line,) = ax.plot(stats.index, mean, label=label, **styles[_key_id(key)])
             ax.fill_between(stats.index, mean - std, mean + std, color=line.get_color(), alpha=0.2)
         drawn += 1
     if not drawn:
@@ -545,9 +578,21 @@ def save_figure(fig: Figure, out_dir: str | os.PathLike, stem: str) -> list[Path
         path = out_dir / f"{stem}.{fmt}"
         buffer = io.BytesIO()
         fig.savefig(buffer, format=fmt, dpi=150)
-        run_files.atomic_write_bytes(path, buffer.getvalue())
+        data = _palette_png(buffer.getvalue()) if fmt == "png" else buffer.getvalue()
+        run_files.atomic_write_bytes(path, data)
         written.append(path)
     return written
+
+
+def _palette_png(rgba_png: bytes) -> bytes:
+    """matplotlib's RGBA PNG as an optimised palette PNG (PNG_COLOURS colours, opaque: figures have a white face)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(rgba_png)) as image:
+        palette = image.convert("RGB").quantize(PNG_COLOURS)
+    out = io.BytesIO()
+    palette.save(out, format="PNG", optimize=True)
+    return out.getvalue()
 
 
 class IncompleteResults(Exception):

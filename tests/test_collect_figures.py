@@ -1,6 +1,7 @@
 """scripts/collect.py and scripts/figures.py on fake run folders whose numbers the test knows."""
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -327,6 +328,38 @@ def test_best_curves_follow_the_best_configuration(collected):
     best = results[(results.optimizer == "adamw") & (results.lr == 1e-3) & (results.weight_decay == 1e-4)]
     last = curves[curves.run_dir.isin(best.run_dir) & (curves.epoch == 5)]["test_acc"].mean()
     assert line.get_ydata()[-1] == pytest.approx(last * 100)
+
+
+def test_best_curves_of_many_methods_never_share_a_look(tmp_path):
+    """Four optimizers x three loss multipliers: twelve curves, past matplotlib's ten-colour cycle."""
+    fake_runs.write_fake_sweep(tmp_path / "sf", optimizers=("adaml2", "adamw", "proxadam", "adamp"), lrs=(1e-3,),
+                               wds=(1e-4,), seeds=(0,), loss_multipliers=(0.01, 1.0, 100.0), epochs=2)
+    results, curves = collect.collect_runs([tmp_path / "sf"])
+    lines = figures.plot_best_curves(results, curves).axes[0].get_lines()
+    looks = {line.get_label(): (line.get_color(), line.get_linestyle(), line.get_marker()) for line in lines}
+    assert len(looks) == 12 and len(set(looks.values())) == 12
+    for optimizer in ("AdamL2", "AdamW", "ProxAdam", "AdamP"):  # one colour per optimizer, its c as the dashes
+        mine = [look for label, look in looks.items() if label.startswith(optimizer + ",")]
+        assert len(mine) == 3 and len({colour for colour, _, _ in mine}) == 1
+    many = figures.method_styles([{"optimizer": "adamw", "loss_multiplier": c} for c in range(9)])
+    assert len({tuple(style.values()) for style in many.values()}) == 9
+
+
+def test_figure_pngs_are_palette_images_that_look_like_the_render(tmp_path):
+    """PNGs are stored with a 256-colour palette (a third of the bytes, for git and the GPU machine's 64 MiB)."""
+    from PIL import Image
+
+    fig = figures.Figure(figsize=(4, 3))
+    ax = fig.subplots()
+    ax.imshow(np.linspace(0, 1, 64).reshape(8, 8), cmap=figures.CMAP)
+    ax.set_title("a title")
+    png, _ = figures.save_figure(fig, tmp_path, "probe")
+    render = io.BytesIO()
+    fig.savefig(render, format="png", dpi=150)
+    with Image.open(png) as saved, Image.open(render) as rgba:
+        assert saved.mode == "P" and saved.size == rgba.size
+        difference = np.abs(np.asarray(saved.convert("RGB"), dtype=int) - np.asarray(rgba.convert("RGB"), dtype=int))
+    assert difference.mean() < 1 and png.stat().st_size < render.tell()
 
 
 def test_scale_free_plot_when_loss_multiplier_varies(tmp_path):
