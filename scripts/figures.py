@@ -42,6 +42,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
+from PIL import Image
 
 _SCRIPTS_DIR = str(Path(__file__).resolve().parent)
 if _SCRIPTS_DIR not in sys.path:  # so that `figures` imports its siblings however it was loaded
@@ -322,21 +323,17 @@ def missing_curves(df: pd.DataFrame, curves: pd.DataFrame | None, metric: str = 
     return lines
 
 
-def _key_id(key: dict) -> tuple:
-    return tuple(sorted((c, str(v)) for c, v in key.items()))
-
-
-def method_styles(keys: list[dict]) -> dict[tuple, dict]:
-    """A line style per method key: the optimizer's colour (there are fewer optimizers than tab10's colours), and
-    for the settings that vary besides it (BN, c) a dash pattern, then a marker, so that no two methods look
-    alike (matplotlib's own cycle repeats its ten colours: a scale-free sweep has twelve methods)."""
+def method_styles(keys: list[dict]) -> list[dict]:
+    """A line style per method key, in order: the optimizer's colour (there are fewer optimizers than tab10's
+    colours), and for the settings that vary besides it (BN, c) a dash pattern, then a marker, so that no two
+    methods look alike (matplotlib's own cycle repeats its ten colours: a scale-free sweep has twelve methods)."""
     colours = matplotlib.colormaps["tab10"].colors
     optimizers = list(dict.fromkeys(key["optimizer"] for key in keys))
-    variants: dict[str, list[tuple]] = {}
-    styles = {}
+    variants: dict[str, list[str]] = {}
+    styles = []
     for key in keys:
         seen = variants.setdefault(key["optimizer"], [])
-        rest = _key_id({c: v for c, v in key.items() if c != "optimizer"})
+        rest = repr(sorted((c, str(v)) for c, v in key.items() if c != "optimizer"))  # str: NaN equals itself
         if rest not in seen:
             seen.append(rest)
         v = seen.index(rest)
@@ -344,7 +341,7 @@ def method_styles(keys: list[dict]) -> dict[tuple, dict]:
                  "linestyle": LINESTYLES[v % len(LINESTYLES)]}
         if v >= len(LINESTYLES):  # past the dash patterns, a marker tells the variants apart
             style["marker"] = MARKERS[(v // len(LINESTYLES) - 1) % len(MARKERS)]
-        styles[_key_id(key)] = style
+        styles.append(style)
     return styles
 
 
@@ -355,8 +352,7 @@ def plot_best_curves(df: pd.DataFrame, curves: pd.DataFrame, metric: str = "test
     axes = fig.subplots(1, len(CURVE_METRICS))
     drawn = 0
     best = best_configs(df, metric, split_by)
-    styles = method_styles([key for key, *_ in best])
-    for key, lr, wd, runs in best:
+    for (key, lr, wd, runs), style in zip(best, method_styles([key for key, *_ in best])):
         rows = curves[curves["run_dir"].isin(runs["run_dir"])]
         if rows.empty:
             continue
@@ -367,7 +363,7 @@ def plot_best_curves(df: pd.DataFrame, curves: pd.DataFrame, metric: str = "test
             stats = rows.groupby("epoch")[name].agg(["mean", "std"]).sort_index()
             scale = _scale(name)
             mean, std = stats["mean"] * scale, stats["std"].fillna(0) * scale
-            (line,) = ax.plot(stats.index, mean, label=label, **styles[_key_id(key)])
+            (line,) = ax.plot(stats.index, mean, label=label, **style)
             ax.fill_between(stats.index, mean - std, mean + std, color=line.get_color(), alpha=0.2)
         drawn += 1
     if not drawn:
@@ -586,8 +582,6 @@ def save_figure(fig: Figure, out_dir: str | os.PathLike, stem: str) -> list[Path
 
 def _palette_png(rgba_png: bytes) -> bytes:
     """matplotlib's RGBA PNG as an optimised palette PNG (PNG_COLOURS colours, opaque: figures have a white face)."""
-    from PIL import Image
-
     with Image.open(io.BytesIO(rgba_png)) as image:
         palette = image.convert("RGB").quantize(PNG_COLOURS)
     out = io.BytesIO()

@@ -342,7 +342,7 @@ def test_best_curves_of_many_methods_never_share_a_look(tmp_path):
         mine = [look for label, look in looks.items() if label.startswith(optimizer + ",")]
         assert len(mine) == 3 and len({colour for colour, _, _ in mine}) == 1
     many = figures.method_styles([{"optimizer": "adamw", "loss_multiplier": c} for c in range(9)])
-    assert len({tuple(style.values()) for style in many.values()}) == 9
+    assert len({tuple(style.values()) for style in many}) == 9
 
 
 def test_figure_pngs_are_palette_images_that_look_like_the_render(tmp_path):
