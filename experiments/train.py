@@ -2,9 +2,19 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
+
+# Hydra finds launchers only under the `hydra_plugins` namespace package on sys.path. An install maps
+# launcher_plugins/hydra_plugins there (pyproject.toml); a plain checkout, run in place, puts the folder beside
+# this file on the path instead, for this process and for the ones it starts (submitit jobs unpickle the packed
+# launcher), so `launcher=packed` needs no install.
+_LAUNCHER_PLUGINS = str(Path(__file__).resolve().parent / "launcher_plugins")
+if Path(_LAUNCHER_PLUGINS).is_dir() and _LAUNCHER_PLUGINS not in sys.path:
+    sys.path.insert(0, _LAUNCHER_PLUGINS)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_LAUNCHER_PLUGINS, os.environ.get("PYTHONPATH")]))
 
 import hydra
 from hydra.core.hydra_config import HydraConfig

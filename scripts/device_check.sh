@@ -84,8 +84,6 @@ if ls .whl/*.whl >/dev/null 2>&1; then
         || { echo "error: installing the carried wheels failed; make them with scripts/device_bundle.sh"; exit 2; }
     export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
-# The repo is not installed there: its Hydra plugin (launcher=packed) joins the hydra_plugins namespace by path.
-export PYTHONPATH="$PWD/experiments/launcher_plugins${PYTHONPATH:+:$PYTHONPATH}"
 # The copy sent here has no git history of its own: the commit every summary and JSON records comes from the
 # stamp device_bundle.sh wrote (with -dirty when a file differs from it).
 STAMP=${SOURCE_STAMP:-.whl/source_stamp.json}
