@@ -102,6 +102,38 @@ def test_the_compiled_step_is_one_graph_that_matches_eager(route, members, mode,
     assert compiled.optimizer.lr(0) == eager.optimizer.lr(0) and compiled.optimizer.steps == STEPS
 
 
+def test_each_batch_shape_gets_its_own_static_graph(fresh_dynamo):
+    """dynamic=False: a second shape compiles a second static graph. Left to torch.compile's default, the second
+    shape would compile one symbolic-shape graph (slower for every later call), and a third would reuse it."""
+    pack = make_step("grouped", 2, "default").pack
+    images = torch.randint(0, 256, (8, 3, SIZE, SIZE), generator=torch.Generator().manual_seed(4), dtype=torch.uint8)
+    new_graphs = []
+    for batch in (8, 4, 2):
+        before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        evaluate(pack, datasets.DeviceLoader(images, torch.zeros(8, dtype=torch.int64), batch_size=batch, train=False,
+                                             mean=(0.5,) * 3, std=(0.25,) * 3, device="cpu", channels_last=True,
+                                             dtype=torch.float64))
+        new_graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"] - before)
+    assert new_graphs == [1, 1, 1]
+
+
+def test_cuda_graphs_see_the_weights_state_and_gradients_at_fixed_addresses(fresh_dynamo):
+    """Under reduce-overhead, what the compiled step reads or writes in place is marked static (CUDA graphs would
+    copy an unmarked input into their own memory on every replay), and each gradient stays the same view of the
+    pack's one gradient buffer step after step: the addresses the graphs recorded are the ones written."""
+    step = make_step("grouped", 2, "reduce-overhead")
+    pack, optimizer = step.pack, step.optimizer
+    views = {id(g): g.data_ptr() for g in pack._grad_views}
+    train_epoch(step, batches(2, seed=5))
+    marked = [*pack.params.values(), *pack.buffers.values(), *pack._grad_views, pack.flat_params, pack.flat_grads,
+              *optimizer.state]
+    assert all(getattr(t, "_dynamo_static_input_type", None) for t in marked)
+    grads = [p.grad for member in pack.members for p in member.parameters()]
+    assert {id(g): g.data_ptr() for g in grads} == views
+    assert all(g.untyped_storage().data_ptr() == pack.flat_grads.untyped_storage().data_ptr() for g in grads)
+    assert pack.flat_grads.abs().sum() > 0  # the backward passes wrote into that buffer
+
+
 def test_a_padded_batch_counts_only_its_real_images():
     loader = eval_loader(3)
     batches_seen = list(loader)
