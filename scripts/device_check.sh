@@ -3,8 +3,9 @@
 #
 #   bash scripts/device_check.sh [STAGE ...]    STAGE: env tests optim bench precision grid (default: all, in order)
 #
-# Beside the repo it needs datasets/cifar10-jpeg/ and .whl/ (scripts/device_bundle.sh makes both here), carried:
-#   run(command="bash scripts/device_check.sh", carry=["datasets/cifar10-jpeg", ".whl"], timeout_s=590)
+# Beside the repo it needs datasets/cifar10-jpeg.tar.gz (unpacked here into datasets/cifar10-jpeg/ once per machine)
+# and .whl/ (scripts/device_bundle.sh makes both), carried:
+#   run(command="bash scripts/device_check.sh", carry=["datasets/cifar10-jpeg.tar.gz", ".whl"], timeout_s=590)
 # Everything it keeps goes to $OUT (the device tool's folder; outputs/device_check otherwise), 8 files at most:
 #   device_check.log, bench_optimizers.json, bench.json, precision.md, precision.json, precision_runs.tar.gz,
 #   grid_WINDOW.tar.gz (WINDOW: the window or part that ran), stages.json
@@ -31,7 +32,8 @@
 # OPTIM_ARGS (added to bench_optimizers.py's),
 # RUN_ARGS (Hydra overrides added to the precision and grid sweeps, e.g. a data subset and one epoch), and
 # PRECISION_ARGS / GRID_ARGS (added to one of them, e.g. a smaller grid), PRECISION_NEEDS_S / GRID_NEEDS_S (the seconds
-# a stage needs, in place of its estimate from the benchmark's rates).
+# a stage needs, in place of its estimate from the benchmark's rates), DATA_ARCHIVE / DATA_DIR (the carried archive and
+# where it is unpacked).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 START=$(date +%s)
@@ -94,7 +96,15 @@ if [ -f "$STAMP" ]; then
 else
     echo "warning: no source stamp at $STAMP (scripts/device_bundle.sh writes it); commits recorded come from git here"
 fi
-export DNM_DATA_ROOT=${DNM_DATA_ROOT:-$PWD/datasets/cifar10-jpeg}
+# The CIFAR-10 copy travels as one archive (scripts/dataset_archive.py says why). A warm machine keeps what an
+# earlier command unpacked; a bad archive fails only the stages that read real data.
+DATA_ARCHIVE=${DATA_ARCHIVE:-datasets/cifar10-jpeg.tar.gz}
+DATA_DIR=${DATA_DIR:-$PWD/datasets/cifar10-jpeg}
+if [ -z "${DNM_DATA_ROOT:-}" ] && [ ! -d "$DATA_DIR" ] && [ -f "$DATA_ARCHIVE" ]; then
+    python3 scripts/dataset_archive.py unpack "$DATA_ARCHIVE" "$DATA_DIR" \
+        || echo "warning: no CIFAR-10 copy here; the stages that train on it will fail, the others go on"
+fi
+export DNM_DATA_ROOT=${DNM_DATA_ROOT:-$DATA_DIR}
 export DNM_CACHE_DIR="$WORK/cache" TORCHINDUCTOR_CACHE_DIR="$WORK/inductor" WANDB_MODE=disabled PYTHONUNBUFFERED=1
 RUNS="$WORK/outputs"
 DEVICE=${DEVICE:-cuda}
@@ -110,6 +120,7 @@ for stage in $STAGES; do
         python3 -c "import sys, torch, torchvision; print(sys.version.split()[0], torch.__version__, \
 torchvision.__version__, torch.cuda.get_device_name(0), torch.backends.cudnn.version())"
         echo "commit recorded: ${DNM_GIT_COMMIT:-$(python3 -c 'from experiments.run_info import git_commit; print(git_commit())')}"
+        echo "data: $DNM_DATA_ROOT ($(find "$DNM_DATA_ROOT" -type f 2>/dev/null | wc -l) files)"
         record env ok
         ;;
     tests)

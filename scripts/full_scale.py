@@ -375,7 +375,7 @@ def write_expected(sweep_dir: Path) -> Path | None:
 
 def _device_call(name: str) -> str:
     return (f"run(command=\"GRID_WINDOW={name} bash scripts/device_check.sh env grid\", "
-            "carry=[\"datasets/cifar10-jpeg\", \".whl\"], timeout_s=590) after scripts/device_bundle.sh")
+            "carry=[\"datasets/cifar10-jpeg.tar.gz\", \".whl\"], timeout_s=590) after scripts/device_bundle.sh")
 
 
 def next_part(w: Window, summaries: dict[Path, dict], rates: dict[int, Rate], seconds: float) -> Window | None:

@@ -8,10 +8,14 @@ import sys
 import tarfile
 from pathlib import Path
 
+import numpy as np
+import pytest
 from cli import REPO, cli_env
+from PIL import Image
 
 sys.path.insert(0, str(REPO / "scripts"))
 import collect  # noqa: E402
+import dataset_archive  # noqa: E402
 import full_scale  # noqa: E402
 import source_stamp  # noqa: E402
 
@@ -114,6 +118,71 @@ def test_a_grid_command_after_the_benchmark_finds_its_rates_on_the_warm_machine(
                           env={**env, "GRID_BENCH": "results/benchmark_cuda/missing.json"}, timeout=120)
     result = json.loads((out / "stages.json").read_text())[0]["result"]
     assert result.startswith("failed (GRID_BENCH=results/benchmark_cuda/missing.json is not there; commit it"), result
+
+
+def _image_folders(root: Path) -> dict[str, bytes]:
+    """A CIFAR-10-like copy in miniature: 2 splits x 2 classes x 4 JPEGs of quality 75, as the shared copy was
+    encoded; returns each file's bytes by its path under root."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for cls in ("cat", "dog"):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(4):
+                smooth = np.linspace(0, 200, 32)[None, :, None] + rng.integers(0, 40, (32, 32, 3))
+                Image.fromarray(smooth.astype(np.uint8)).save(root / split / cls / f"{i:04d}.jpg", quality=75)
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_the_dataset_travels_as_an_archive_smaller_than_its_files_and_comes_back_byte_for_byte(tmp_path, capsys):
+    files = _image_folders(tmp_path / "source")
+    archive = tmp_path / "bundle" / "data.tar.gz"
+    dataset_archive.main(["pack", str(tmp_path / "source"), str(archive)])
+    # The JPEGs' shared headers are stored about once: under 70% of the JPEG bytes even for 16 files.
+    assert archive.stat().st_size < 0.7 * sum(len(b) for b in files.values())
+    dataset_archive.main(["unpack", str(archive), str(tmp_path / "unpacked")])
+    assert _files(tmp_path / "unpacked") == files
+    assert "16 files" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="exists; remove it"):  # never over an existing copy
+        dataset_archive.main(["unpack", str(archive), str(tmp_path / "unpacked")])
+
+
+@pytest.mark.parametrize("damage", ["flipped", "cut_short"])
+def test_a_damaged_dataset_archive_is_a_one_line_error_and_leaves_no_partial_copy(damage, tmp_path):
+    _image_folders(tmp_path / "source")
+    archive = tmp_path / "data.tar.gz"
+    dataset_archive.pack(tmp_path / "source", archive)
+    data = bytearray(archive.read_bytes())
+    if damage == "flipped":
+        data[len(data) // 2] ^= 0xFF
+    else:
+        del data[len(data) * 3 // 4:]
+    archive.write_bytes(bytes(data))
+    with pytest.raises(SystemExit) as exc:
+        dataset_archive.main(["unpack", str(archive), str(tmp_path / "unpacked")])
+    message = str(exc.value)
+    assert message.startswith(f"error: {archive} cannot be unpacked (") and "\n" not in message
+    assert message.endswith("make it again with scripts/device_bundle.sh")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.tar.gz", "source"]  # no dest, no temporary folder
+
+
+def test_the_device_check_unpacks_the_carried_dataset_once_per_machine(tmp_path):
+    files = _image_folders(tmp_path / "source")
+    archive, data_dir = tmp_path / "carried.tar.gz", tmp_path / "machine" / "cifar10-jpeg"
+    dataset_archive.pack(tmp_path / "source", archive)
+    env = cli_env(tmp_path, PATH=_python3_path(tmp_path), OUT=str(tmp_path / "out"), WORK=str(tmp_path / "work"),
+                  DEVICE="cpu", DATA_ARCHIVE=str(archive), DATA_DIR=str(data_dir))
+    env.pop("DNM_DATA_ROOT", None)  # as on the bare machine
+    for unpacks in (True, False):  # the second command finds the first one's copy on the warm machine
+        proc = subprocess.run(["bash", "scripts/device_check.sh", "env"], cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-3000:]
+        assert (f"{data_dir}: 16 files from {archive}" in proc.stdout) is unpacks
+        assert f"data: {data_dir} (16 files)" in proc.stdout
+    assert _files(data_dir) == files
 
 
 def _fake_summary(root: Path, method: str, precision: str, seed: int, acc: float, norm: float,
