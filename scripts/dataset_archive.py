@@ -4,9 +4,9 @@
     python scripts/dataset_archive.py unpack datasets/cifar10-jpeg.tar.gz datasets/cifar10-jpeg
 
 Why: what travels to the device is at most 64 MiB, and the CIFAR-10 copy's folders take 52.7 MiB of it. All
-60,000 of its JPEGs begin with the same 623 bytes (quantisation and Huffman tables), a third of those bytes;
-gzip's window holds the previous images, so it stores that header once rather than 60,000 times and the archive
-is about 19 MB. The files come back byte for byte (modification times to the microsecond); gzip's CRC makes a
+60,000 of its JPEGs begin with the same 623 bytes (quantisation and Huffman tables), two thirds of those bytes;
+gzip's window holds the previous images, so it stores that header about once rather than 60,000 times and the
+archive is 19 MiB. The files come back byte for byte (modification times to the microsecond); gzip's CRC makes a
 corrupt or cut-short archive an error, never a partial dataset.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ def pack(source: Path, archive: Path) -> int:
     files = sorted(p for p in source.rglob("*") if p.is_file())
     if not files:
         raise SystemExit(f"error: no files under {source}; give the dataset's folder (with train/ and test/)")
-    raw = io.BytesIO()  # about 19 MB for CIFAR-10: built in memory, then written whole (temporary file, rename)
+    raw = io.BytesIO()  # 19 MiB for CIFAR-10: built in memory, then written whole (temporary file, rename)
     with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=9, mtime=0) as gz, \
             tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for path in files:
