@@ -16,8 +16,11 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 SRC=${DNM_SHARED_CIFAR10:-../shared/datasets/cifar10-jpeg}
 ARCHIVE=datasets/cifar10-jpeg.tar.gz
-if [ ! -f "$ARCHIVE" ]; then
-    [ -d "$SRC/train" ] || { echo "error: no CIFAR-10 image folders at $SRC; set DNM_SHARED_CIFAR10" >&2; exit 2; }
+# Packed again whenever the shared copy has changed since (ARCHIVE.source records what it was packed from).
+if [ ! -d "$SRC/train" ]; then
+    [ -f "$ARCHIVE" ] || { echo "error: no CIFAR-10 image folders at $SRC; set DNM_SHARED_CIFAR10" >&2; exit 2; }
+    echo "warning: no CIFAR-10 image folders at $SRC to check $ARCHIVE against; using it as it is"
+elif ! "$PY" scripts/dataset_archive.py fresh "$SRC" "$ARCHIVE"; then
     "$PY" scripts/dataset_archive.py pack "$SRC" "$ARCHIVE"
 fi
 mkdir -p .whl

@@ -150,6 +150,35 @@ def test_the_dataset_travels_as_an_archive_smaller_than_its_files_and_comes_back
         dataset_archive.main(["unpack", str(archive), str(tmp_path / "unpacked")])
 
 
+def _fresh(source: Path, archive: Path, capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exc:
+        dataset_archive.main(["fresh", str(source), str(archive)])
+    return exc.value.code, capsys.readouterr().out
+
+
+def test_an_archive_is_stale_once_its_source_folder_changes(tmp_path, capsys):
+    _image_folders(tmp_path / "source")
+    source, archive = tmp_path / "source", tmp_path / "bundle" / "data.tar.gz"
+    assert _fresh(source, archive, capsys) == (1, f"stale: no archive at {archive}\n")
+    dataset_archive.pack(source, archive)
+    assert _fresh(source, archive, capsys) == (0, f"{archive}: up to date with {source}\n")
+    first = sorted(p for p in source.rglob("*.jpg"))[0]
+    stat = first.stat()
+    first.write_bytes(bytes(reversed(first.read_bytes())))  # same size, other bytes
+    os.utime(first, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    code, out = _fresh(source, archive, capsys)
+    assert code == 1 and out.startswith(f"stale: {source} has changed since {archive} was packed (16 files")
+    dataset_archive.pack(source, archive)
+    assert _fresh(source, archive, capsys)[0] == 0
+    (first.parent / "extra.jpg").write_bytes(first.read_bytes())
+    code, out = _fresh(source, archive, capsys)
+    assert code == 1 and "(16 files, " in out and "; 17 files, " in out
+    dataset_archive.pack(source, archive)
+    (archive.parent / "data.tar.gz.source").unlink()  # an archive made before signatures, or by hand
+    code, out = _fresh(source, archive, capsys)
+    assert code == 1 and "has no readable record of its source" in out
+
+
 @pytest.mark.parametrize("damage", ["flipped", "cut_short"])
 def test_a_damaged_dataset_archive_is_a_one_line_error_and_leaves_no_partial_copy(damage, tmp_path):
     _image_folders(tmp_path / "source")
@@ -166,7 +195,8 @@ def test_a_damaged_dataset_archive_is_a_one_line_error_and_leaves_no_partial_cop
     message = str(exc.value)
     assert message.startswith(f"error: {archive} cannot be unpacked (") and "\n" not in message
     assert message.endswith("make it again with scripts/device_bundle.sh")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.tar.gz", "source"]  # no dest, no temporary folder
+    # No dest, no temporary folder.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.tar.gz", "data.tar.gz.source", "source"]
 
 
 def test_the_device_check_unpacks_the_carried_dataset_once_per_machine(tmp_path):
