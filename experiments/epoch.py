@@ -75,7 +75,7 @@ class TrainStep:
         self.optimizer.compile(mode)
         if mode == "reduce-overhead":
             for total in (self.loss_sum, self.correct, self.grad_norm_sum, self.multiplier_tensor):
-                torch._dynamo.mark_static_address(total)
+                torch._dynamo.mark_static_address(total, guard=False)
         # dynamic=False: shapes are static (experiments/packed_models.py ModelPack.compile says why).
         self._accumulate = torch.compile(self._accumulate_eager, fullgraph=True, dynamic=False,
                                          mode=None if mode == "default" else mode)

@@ -153,7 +153,7 @@ class PackOptimizer:
         if mode == "reduce-overhead":
             # CUDA graphs replay fixed addresses: the buffers the update mutates must be the graph's own.
             for tensor in (self.pack.flat_params, self.pack.flat_grads, *self.state, self.t, self.alpha, self.wd):
-                torch._dynamo.mark_static_address(tensor)
+                torch._dynamo.mark_static_address(tensor, guard=False)
         self._update = torch.compile(self._update_eager, fullgraph=True, dynamic=False,  # static: see ModelPack.compile
                                      mode=None if mode == "default" else mode)
 

@@ -222,8 +222,10 @@ class ModelPack:
             # The gradient views grad_norms() reads inside the compiled step's accumulation: unmarked, every
             # replay would copy all of them (21 per member) into the graph's own memory first.
             static += self._grad_views
+            # guard=False, as torch 2.14's default: a guard on each address would recompile the loop route's one
+            # member function for every member (older releases defaulted to True).
             for tensor in static:
-                torch._dynamo.mark_static_address(tensor)
+                torch._dynamo.mark_static_address(tensor, guard=False)
         if self.route in ("vmap", "grouped"):
             self._pack_loss = torch.compile(self._pack_loss_eager, **options)
         else:

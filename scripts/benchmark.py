@@ -452,30 +452,48 @@ def busy_time(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
-def profile_pipeline(measure, steps: int, device: torch.device, step_ms: float, top: int = 8) -> dict:
-    """torch.profiler over `steps` more steps of a warmed pipeline; step_ms: its unprofiled time per step."""
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
+def _self_us(row, on_gpu: bool) -> float:
+    if on_gpu:
+        return float(getattr(row, "self_device_time_total", None) or getattr(row, "self_cuda_time_total", 0.0))
+    return float(row.self_cpu_time_total)
 
-    on_gpu = device.type == "cuda"
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
-    with profile(activities=activities) as prof:
-        measure(steps)
-    events = prof.events()
-    kernels = [e for e in events if e.device_type == DeviceType.CUDA]
+
+def _is_kernel(event) -> bool:
+    """A kernel, memcpy or memset on the GPU's timeline. Not a record_function range that the profiler also draws
+    there ("Torch-Compiled Region", "Optimizer.step#AdamW.step"): such a range spans the gaps between kernels, so
+    counting it would make idle time look busy and double the time the kernels inside it took."""
+    from torch.autograd import DeviceType
+
+    return event.device_type == DeviceType.CUDA and not getattr(event, "is_user_annotation", False)
+
+
+def profile_summary(events, averages, steps: int, step_ms: float, on_gpu: bool, top: int = 8) -> dict:
+    """What profile_pipeline reports, from the profiler's events and key averages.
+
+    On a GPU each kernel's time appears twice among the key averages, on the kernel's own row and as the self
+    device time of the aten op that launched it, so shares are taken over the kernel rows only: `costliest` lists
+    kernels, `costliest_ops` the ops by the device time of the kernels they launched, both as shares of all kernel
+    time. On a CPU `costliest` lists ops by their self CPU time."""
+    from torch.autograd import DeviceType
+
+    kernels = [e for e in events if _is_kernel(e)] if on_gpu else []
     # What Python and autograd call per step: aten ops not called by another aten op (conv2d, not the
     # convolution -> _convolution -> mkldnn_convolution under it); each costs host time on every launch.
     host_ops = sum(1 for e in events if e.device_type == DeviceType.CPU and e.name.startswith("aten::")
                    and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")))
+    if on_gpu:
+        rows = [a for a in averages if _is_kernel(a) and _self_us(a, True) > 0]
+        ops = [a for a in averages if a.device_type == DeviceType.CPU and not getattr(a, "is_user_annotation", False)
+               and _self_us(a, True) > 0]
+    else:
+        rows, ops = [a for a in averages if _self_us(a, False) > 0], []
+    total = sum(_self_us(a, on_gpu) for a in rows) or 1.0
 
-    def self_time(avg) -> float:  # microseconds
-        if on_gpu:
-            return float(getattr(avg, "self_device_time_total", None) or getattr(avg, "self_cuda_time_total", 0.0))
-        return float(avg.self_cpu_time_total)
+    def table(chosen) -> list[dict]:
+        return [{"op": a.key[:160], "calls_per_step": a.count / steps, "ms_per_step": _self_us(a, on_gpu) / 1000 / steps,
+                 "share": _self_us(a, on_gpu) / total}
+                for a in sorted(chosen, key=lambda a: _self_us(a, on_gpu), reverse=True)[:top]]
 
-    averages = [a for a in prof.key_averages() if self_time(a) > 0]
-    total = sum(self_time(a) for a in averages) or 1.0
-    costliest = sorted(averages, key=self_time, reverse=True)[:top]
     busy_ms = busy_time([(e.time_range.start, e.time_range.end) for e in kernels]) / 1000 / steps if on_gpu else None
     return {
         "steps": steps,
@@ -484,10 +502,21 @@ def profile_pipeline(measure, steps: int, device: torch.device, step_ms: float, 
         "device_busy_share": busy_ms / step_ms if busy_ms is not None and step_ms > 0 else None,
         "kernels_per_step": len(kernels) / steps if on_gpu else None,
         "host_ops_per_step": host_ops / steps,
-        "costliest": [{"op": a.key, "calls_per_step": a.count / steps, "ms_per_step": self_time(a) / 1000 / steps,
-                       "share": self_time(a) / total} for a in costliest],
+        "costliest": table(rows),
+        "costliest_ops": table(ops) if on_gpu else None,
         "time_of": "device" if on_gpu else "cpu",
     }
+
+
+def profile_pipeline(measure, steps: int, device: torch.device, step_ms: float, top: int = 8) -> dict:
+    """torch.profiler over `steps` more steps of a warmed pipeline; step_ms: its unprofiled time per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    on_gpu = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
+    with profile(activities=activities) as prof:
+        measure(steps)
+    return profile_summary(prof.events(), prof.key_averages(), steps, step_ms, on_gpu, top)
 
 
 def _recover(device: torch.device) -> None:
@@ -786,7 +815,8 @@ def table(results: dict) -> str:
             continue
         busy = (f"device busy {prof['device_busy_ms_per_step']:.2f} ms ({prof['device_busy_share']:.0%}), "
                 f"{prof['kernels_per_step']:.0f} kernels, " if prof["device_busy_ms_per_step"] is not None else "")
-        costliest = ", ".join(f"{c['op']} {c['share']:.0%}" for c in prof["costliest"][:4])
+        named = prof.get("costliest_ops") or prof["costliest"]  # on a GPU, ops: kernel names run to hundreds of characters
+        costliest = ", ".join(f"{c['op']} {c['share']:.0%}" for c in named[:4])
         lines.append(f"profile {name}: {prof['step_ms']:.2f} ms per step, {busy}{prof['host_ops_per_step']:.0f} host ops; "
                      f"most {prof['time_of']} time: {costliest}")
     roof = results["roofline"] or {}

@@ -11,7 +11,9 @@
 #   grid_WINDOW.tar.gz (WINDOW: the window or part that ran), stages.json
 # Stages:
 #   env        GPU, driver, Python and torch versions
-#   tests      the optimizer and fused-optimizer exactness tests on CUDA (tests/test_optimizers.py, test_fused.py)
+#   tests      the CUDA cases of the exactness tests: every optimizer and the fused pack update (tests/test_optimizers.py,
+#              test_fused.py), every route's members against their single runs in float64 (test_packed.py), and a
+#              pack's step under CUDA graphs against eager (test_compile.py)
 #   optim      scripts/bench_optimizers.py: every optimizer's step, and the fused update of packs of 12 and 24
 #   bench      scripts/benchmark.py: reference, single run eager and compiled, packs of 4/12/24 on every route,
 #              a compiled pack of 24, 4 concurrent single-run processes, then a profile of 5 steps of each
@@ -126,7 +128,7 @@ torchvision.__version__, torch.cuda.get_device_name(0), torch.backends.cudnn.ver
     tests)
         # Not -x: one GPU call should report every CUDA case, not stop at the first.
         run_stage tests 60 python3 -m pytest -q -p no:cacheprovider tests/test_fused.py tests/test_optimizers.py \
-            -k "${TESTS_SELECT:-cuda}"
+            tests/test_packed.py tests/test_compile.py -k "${TESTS_SELECT:-cuda}"
         ;;
     optim)
         run_stage optim 30 python3 scripts/bench_optimizers.py --device "$DEVICE" --packs 12,24 \

@@ -133,8 +133,14 @@ def test_fused_members_equal_their_own_optimizers_in_float32(device):
         got = torch.cat([p.detach().reshape(-1) for p in pack.members[k].parameters()])
         if device == "cpu":
             assert torch.equal(got, want), (k, MEMBERS[k][0].__name__, max_ulps(got, want))
-        else:  # CUDA's foreach kernels and the broadcast ones may contract multiply-adds differently
-            assert max_ulps(got, want) <= 64, (k, MEMBERS[k][0].__name__)
+        else:
+            # CUDA's foreach kernels and the broadcast ones round differently (a multiply by the reciprocal of a
+            # scalar against a true division by a [K] tensor; a fused multiply-add or two roundings), which moves a
+            # weight by a few units of its last place per step. Measured against the whole member, not value by
+            # value: near zero a 1e-10 difference is thousands of ulps of the value. 64 eps is 7.6e-6 of the norm; a
+            # member stepped with another member's lr or weight decay is off by far more (decoupled decay alone moves
+            # it by about lr x wd x 32 steps, 1.6e-3 for the first member).
+            assert relative_error(got, want) <= 64 * torch.finfo(torch.float32).eps, (k, MEMBERS[k][0].__name__)
 
 
 def test_a_single_fused_adamw_is_torch_adamw():

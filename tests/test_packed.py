@@ -63,7 +63,7 @@ def build(seed: int, batch_norm: bool, dtype=torch.float32) -> torch.nn.Module:
 
 def single_run(seed, batch_norm, cls, kwargs, c, data, memory_format=torch.preserve_format):
     """The plain per-model loop: forward, c * CE backward, the same optimizer class and schedule."""
-    model = build(seed, batch_norm, data[0][0].dtype).to(memory_format=memory_format)
+    model = build(seed, batch_norm, data[0][0].dtype).to(data[0][0].device, memory_format=memory_format)
     opt = cls(optimizers.param_groups(model, kwargs["weight_decay"]), **kwargs)
     sched = build_scheduler(opt, COSINE, len(data), 1)
     model.train()
@@ -80,7 +80,8 @@ def single_run(seed, batch_norm, cls, kwargs, c, data, memory_format=torch.prese
 
 def packed_run(seeds, batch_norm, members, data, route, active=None, memory_format=torch.preserve_format):
     """The members trained as one pack: ModelPack, the fused PackOptimizer, the engine's TrainStep and epoch."""
-    nets = [build(seed, batch_norm, data[0][0].dtype).to(memory_format=memory_format) for seed in seeds]
+    nets = [build(seed, batch_norm, data[0][0].dtype).to(data[0][0].device, memory_format=memory_format)
+            for seed in seeds]
     pack = ModelPack(nets, route=route)
     opts = [cls(optimizers.param_groups(net, kw["weight_decay"]), **kw) for net, (cls, kw, _) in zip(nets, members)]
     pack_opt = PackOptimizer(pack, opts, COSINE, len(data), 1)
@@ -113,16 +114,20 @@ def flat(module: torch.nn.Module, buffers: bool) -> torch.Tensor:
 
 
 ROUTE = pytest.mark.parametrize("route", ROUTES)
+# On a GPU the routes run different kernels (grouped convolutions, vmap's batched ones, members on their own CUDA
+# streams), so the float64 equality is checked there too: the device check's tests stage runs the cuda cases.
+DEVICE = pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
 BATCH_NORM = pytest.mark.parametrize("batch_norm", [False, True], ids=["bn_off", "bn_on"])
 # On a CPU the streams route is the loop route: both run the single run's own kernels.
 SAME_KERNELS = ("loop", "streams")
 
 
+@DEVICE
 @ROUTE
 @BATCH_NORM
-def test_members_match_their_single_runs_in_float64(batch_norm, route):
+def test_members_match_their_single_runs_in_float64(batch_norm, route, device):
     """In float64 rounding is invisible, so every tensor must agree: the packed step is the single step."""
-    data = batches(STEPS, dtype=torch.float64)
+    data = [(x.to(device), y.to(device)) for x, y in batches(STEPS, dtype=torch.float64)]
     seeds = [0, 1, 2]
     pack, rows, _ = packed_run(seeds, batch_norm, MEMBERS, data, route)
     for k, (seed, (cls, kwargs, c)) in enumerate(zip(seeds, MEMBERS)):
@@ -140,24 +145,32 @@ def test_members_match_their_single_runs_in_float64(batch_norm, route):
 @ROUTE
 @BATCH_NORM
 def test_members_match_their_single_runs_in_float32(batch_norm, route):
-    """fp32 tolerance on each member's parameters and BN buffers taken as a whole.
+    """In float32, packing adds no more error than float32 rounding already puts into a single run.
 
-    Per tensor, near-zero BN biases amplify rounding: a single fp32 run and the same run in fp64
-    already differ by up to ~5e-3 on one of them after 20 steps, so only whole-model errors are stable;
-    and a sharper setting (e.g. SGD lr 0.05 here) can flip a ReLU in one fp32 run and not the other.
+    The exact trajectory is the float64 run on the same batches (the float64 test shows the pack equals it there).
+    A single float32 run departs from it by d: 3e-7 of the weights' norm after 20 steps for AdamW without BN, 7e-3
+    for AdamP with BN, whose near-zero BN biases amplify rounding. How two float32 roundings of it differ depends on
+    the CPU's kernels: on an AVX-512 (Zen 4) machine the grouped route's AdamP member ends 4e-4 from its single run,
+    over the fixed 1e-4 this test once allowed and earlier machines had kept to. A route whose kernels round
+    otherwise (grouped, vmap) is another float32 rounding of the same trajectory: each member must stay within 2 d
+    of it, in weights, BN statistics and training loss (a 1% error in the members' lr fails every case). The loop
+    and streams routes run the single run's very kernels: there every tensor is equal.
     """
     data = batches(STEPS)
+    exact_data = [(x.double(), y) for x, y in data]
     seeds = [0, 1, 2]
     pack, rows, _ = packed_run(seeds, batch_norm, MEMBERS, data, route)
     for k, (seed, (cls, kwargs, c)) in enumerate(zip(seeds, MEMBERS)):
         single, train_loss = single_run(seed, batch_norm, cls, kwargs, c, data)
-        errors = state_errors(pack.members[k], single)
+        exact, exact_loss = single_run(seed, batch_norm, cls, kwargs, c, exact_data)
         if route in SAME_KERNELS:  # the very kernels of the single run, and a fused step that rounds as its own
+            errors = state_errors(pack.members[k], single)
             assert max(errors.values()) == 0, max(errors.items(), key=lambda kv: kv[1])
-        assert relative_error(flat(pack.members[k], False), flat(single, False)) <= 1e-4, k
-        if batch_norm:
-            assert relative_error(flat(pack.members[k], True), flat(single, True)) <= 1e-4, k
-        assert rows[k]["train_loss"] == pytest.approx(train_loss, rel=1e-4)
+        for buffers in (False, True) if batch_norm else (False,):
+            d = relative_error(flat(single, buffers), flat(exact, buffers))
+            assert relative_error(flat(pack.members[k], buffers), flat(exact, buffers)) <= 2 * d + 1e-6, (k, buffers, d)
+        d_loss = abs(train_loss - exact_loss)
+        assert abs(rows[k]["train_loss"] - exact_loss) <= 2 * d_loss + 1e-6 * exact_loss, (k, d_loss)
         assert rows[k]["grad_norm"] > 0
 
 
@@ -534,6 +547,35 @@ def test_benchmark_profiles_each_pipeline(tmp_path, capsys):
     # The loop route runs each member's own forward and backward: about twice the host ops of one run.
     assert 1.4 * single["host_ops_per_step"] < pack["host_ops_per_step"] < 2.2 * single["host_ops_per_step"]
     assert "profile packed_2_loop:" in capsys.readouterr().out
+
+
+def test_a_gpu_profile_counts_each_kernel_once_and_no_annotated_range_as_busy():
+    """The CUDA branch of the profile, on the rows torch.profiler gives there: a kernel's time is on its own row and
+    again as its aten op's self device time; a record_function range drawn on the GPU timeline spans the gaps."""
+    from types import SimpleNamespace as Row
+
+    from torch.autograd import DeviceType
+
+    benchmark = load_benchmark()
+    cuda, cpu = DeviceType.CUDA, DeviceType.CPU
+
+    def kernel(name, start, end, annotation=False):
+        return Row(name=name, key=name, device_type=cuda, is_user_annotation=annotation, cpu_parent=None, count=1,
+                   time_range=Row(start=start, end=end), self_device_time_total=float(end - start))
+
+    conv = Row(name="aten::cudnn_convolution", key="aten::cudnn_convolution", device_type=cpu, is_user_annotation=False,
+               cpu_parent=None, count=2, self_device_time_total=300.0)
+    region = Row(name="Torch-Compiled Region", key="Torch-Compiled Region", device_type=cpu, is_user_annotation=True,
+                 cpu_parent=None, count=1, self_device_time_total=0.0)
+    events = [conv, region, kernel("sm90_conv_fprop", 0, 100), kernel("sm90_conv_dgrad", 400, 600),
+              kernel("Torch-Compiled Region", 0, 1000, annotation=True)]
+    prof = benchmark.profile_summary(events, events, steps=1, step_ms=1.0, on_gpu=True)
+    assert prof["device_busy_ms_per_step"] == pytest.approx(0.3)  # the kernels' 300 us, not the range's 1000
+    assert prof["device_busy_share"] == pytest.approx(0.3) and prof["kernels_per_step"] == 2
+    assert [(c["op"], c["share"]) for c in prof["costliest"]] == [("sm90_conv_dgrad", pytest.approx(2 / 3)),
+                                                                  ("sm90_conv_fprop", pytest.approx(1 / 3))]
+    assert [(c["op"], c["share"]) for c in prof["costliest_ops"]] == [("aten::cudnn_convolution", pytest.approx(1.0))]
+    assert prof["host_ops_per_step"] == 1 and prof["time_of"] == "device"
 
 
 TINY_BENCH = ["--device", "cpu", "--steps", "1", "--warmup", "0", "--rounds", "2", "--ks", "2", "--routes", "loop",
