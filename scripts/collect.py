@@ -69,6 +69,16 @@ class SkippedRun(ValueError):
 
 # ---------------------------------------------------------------- output
 
+# pandas before 3.0 parses floats with a fast parser that can be off in the last bit (0.002178950145685785, as a run
+# wrote it, came back as 0.0021789501456857); 3.0 reads them exactly by default and deprecates the option.
+_EXACT_FLOATS = {"float_precision": "round_trip"} if int(pd.__version__.split(".")[0]) < 3 else {}
+
+
+def read_csv_exact(path: str | os.PathLike, **kwargs: Any) -> pd.DataFrame:
+    """pd.read_csv with every float read back as the very double that was written, whatever the pandas version."""
+    return pd.read_csv(path, **_EXACT_FLOATS, **kwargs)
+
+
 def write_csv_atomically(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Writes df to path through a temp file in the same folder, so readers never see half a file."""
     return run_files.atomic_write_text(path, df.to_csv(index=False))
@@ -252,7 +262,7 @@ def read_curves(run_dir: Path, row: dict) -> pd.DataFrame | None:
     if not metrics_file.exists():
         return None
     try:
-        metrics = pd.read_csv(metrics_file)
+        metrics = read_csv_exact(metrics_file)
     except (OSError, ValueError) as e:
         raise SkippedRun(f"metrics.csv is unreadable ({type(e).__name__})") from None
     missing = [c for c in CURVE_COLUMNS if c not in metrics.columns]
@@ -345,7 +355,7 @@ def collect_layer_tables(sweep_dirs: Iterable[str | os.PathLike], results: pd.Da
             if not path.exists():
                 continue
             try:
-                frame = _wide_layer_table(table, pd.read_csv(path, dtype={"exponent": str}))
+                frame = _wide_layer_table(table, read_csv_exact(path, dtype={"exponent": str}))
             except (OSError, ValueError, KeyError) as e:
                 _warn(f"collect: {display_path(path)} is unreadable ({type(e).__name__}); left out of {table}")
                 continue

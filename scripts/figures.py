@@ -48,7 +48,7 @@ _SCRIPTS_DIR = str(Path(__file__).resolve().parent)
 if _SCRIPTS_DIR not in sys.path:  # so that `figures` imports its siblings however it was loaded
     sys.path.insert(0, _SCRIPTS_DIR)
 import figure_lib as lib  # noqa: E402  (sibling module; scripts/ is not a package)
-from collect import curves_path_for, layer_table_path_for, run_files, write_csv_atomically  # noqa: E402
+from collect import curves_path_for, layer_table_path_for, read_csv_exact, run_files, write_csv_atomically  # noqa: E402
 
 CMAP = "viridis"
 CAPTION_FONTSIZE = 7
@@ -72,7 +72,7 @@ def load_results(path: str | os.PathLike) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"results CSV {path} not found; run scripts/collect.py first")
-    df = pd.read_csv(path)
+    df = read_csv_exact(path)
     missing = [c for c in RESULT_COLUMNS_NEEDED if c not in df.columns]
     if missing:
         raise ValueError(f"{path} lacks columns {', '.join(missing)}; is it a results CSV from scripts/collect.py?")
@@ -86,7 +86,7 @@ def load_curves(results_csv: str | os.PathLike) -> pd.DataFrame | None:
     path = curves_path_for(results_csv)
     if not path.is_file():
         return None
-    curves = pd.read_csv(path)
+    curves = read_csv_exact(path)
     missing = [c for c in CURVE_COLUMNS_NEEDED if c not in curves.columns]
     if missing:
         raise ValueError(f"{path} lacks columns {', '.join(missing)}; is it a curves CSV from scripts/collect.py?")
@@ -557,7 +557,7 @@ def load_layer_table(results_csv: str | os.PathLike, table: str) -> pd.DataFrame
     path = layer_table_path_for(results_csv, table)
     if not path.is_file():
         return None
-    frame = pd.read_csv(path)
+    frame = read_csv_exact(path)
     if "run_dir" not in frame.columns or "epoch" not in frame.columns:
         raise ValueError(f"{path} lacks run_dir or epoch; is it a {table} CSV from scripts/collect.py?")
     return frame

@@ -48,6 +48,23 @@ def collected(sweep, tmp_path_factory):
 
 # ---------------------------------------------------------------- collect
 
+def test_collect_and_the_figures_read_back_every_float_to_the_bit(tmp_path):
+    """pandas before 3.0 (what Python 3.10 gets) parses some floats a bit off: 0.002178950145685785, as a run wrote
+    it, came back as 0.0021789501456857. collect.py and figures.py read every CSV exactly."""
+    written = "0.002178950145685785"
+    run = fake_runs.write_fake_run(tmp_path / "sweep", optimizer="adamw", lr=1e-3, weight_decay=1e-4, seed=0,
+                                   test_acc=0.5, model_norm=30.0, epochs=2)
+    header, first, second = (run / "metrics.csv").read_text().splitlines()
+    cells = first.split(",")
+    cells[header.split(",").index("train_loss")] = written
+    (run / "metrics.csv").write_text("\n".join([header, ",".join(cells), second]) + "\n")
+    out = tmp_path / "results" / "r.csv"
+    assert collect.main([str(tmp_path / "sweep"), "-o", str(out)]) == 0
+    assert written in collect.curves_path_for(out).read_text()
+    curves = figures.load_curves(out)
+    assert curves.loc[curves["epoch"] == 1, "train_loss"].item() == float(written)
+
+
 def test_collect_writes_one_row_per_run_with_all_columns(collected):
     out, results, curves, truth = collected
     assert len(results) == len(truth) + 1
