@@ -45,7 +45,8 @@ from experiments.device_slots import training_device
 from experiments.epoch import TrainStep, evaluate, train_epoch
 from experiments.layer_stats import LayerStats
 from experiments.pack_optimizer import PackOptimizer
-from experiments.packed_models import ModelPack, default_route
+from experiments.packed_models import ModelPack
+from experiments.route_table import auto_route
 from experiments.run_identity import cached_fingerprint
 from experiments.run_record import (
     METRIC_COLUMNS,
@@ -156,10 +157,14 @@ class PackRun:
         for cfg in cfgs:
             torch.manual_seed(int(cfg.seed))  # under packed_init=shared every member has the pack seed
             models.append(build_model(cfg, len(dataset.classes), self.device))
-        self.route = default_route(self.device, len(models)) if route == "auto" else route
+        self.compile = compile_mode(lead.trainer)
+        self.route, self.route_reason = route, "asked for"
+        if route == "auto":
+            self.route, self.route_reason = auto_route(self.device, len(models), self.compile)
+            if len(models) > 1:
+                log.info("route=auto: %s, %s", self.route, self.route_reason)
         self.pack = ModelPack(models, route=self.route)
         optimizers = [build_optimizer(cfg.optimizer, model) for cfg, model in zip(cfgs, models)]
-        self.compile = compile_mode(lead.trainer)
         self.train_loader, self.test_loader = make_loaders(lead, dataset, self.device, pad_eval=self.compile is not None)
         self.epochs = int(lead.trainer.epochs)
         self.optimizer = PackOptimizer(self.pack, optimizers, lead.schedule, len(self.train_loader), self.epochs)

@@ -117,9 +117,9 @@ class PackStore:
     def _info(self, run: PackRun) -> dict:
         cfgs = [m.spec.cfg for m in run.members]
         return {"members": [m.spec.run_name for m in run.members], "run_dirs": [str(m.spec.run_dir) for m in run.members],
-                "size": len(run.members), "route": run.route, "compile": run.compile or False,
-                "precision": str(run.lead.trainer.precision), "packed_init": self.packed_init,
-                "pack_seed": int(cfgs[0].seed), "loader_seed": int(cfgs[0].seed),
+                "size": len(run.members), "route": run.route, "route_reason": run.route_reason,
+                "compile": run.compile or False, "precision": str(run.lead.trainer.precision),
+                "packed_init": self.packed_init, "pack_seed": int(cfgs[0].seed), "loader_seed": int(cfgs[0].seed),
                 "init_seeds": [int(c.seed) for c in cfgs], "device": str(run.device), "throughput": run.throughput}
 
     def on_start(self, run: PackRun) -> None:
@@ -150,8 +150,8 @@ def train_pack(members: list[PackMember], pack_dir: str | Path, *, packed_init: 
     A member resumes from whichever checkpoint holds it at the epoch its summary.json records: this pack's,
     another pack's, or its own single-run checkpoint.pt (a sweep relaunched under another launcher);
     members that have done different numbers of epochs train as separate packs, one after another.
-    route: auto (vmap on CUDA for packs of 4 or more, loop otherwise), loop, streams, vmap or grouped
-    (experiments/packed_models.py).
+    route: auto (the route measured fastest for this device type, pack size and compile mode:
+    experiments/route_table.py), loop, streams, vmap or grouped (experiments/packed_models.py).
     Returns each member's summary: the one already on disk for members that were done; None for a member
     whose config check failed (its summary records the failure); {"status": "refused", "error": ...} for a
     run folder that holds a run of other settings, which is left as it is.

@@ -41,19 +41,6 @@ ROUTES = ("loop", "streams", "vmap", "grouped")
 # gradients are strided views too; autograd's layout hint about that is no fault.
 warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
 
-# The smallest pack that route=auto runs with vmap on CUDA. On an H200 (results/benchmarks.md) vmap
-# trained 4 and 12 members 1.32x and 1.49x faster than sequential runs (loop: 1.14x, 1.17x), but a
-# single member at 0.50x, while the loop route runs the single run's own kernels. The streams and
-# grouped routes have not been measured on a GPU yet: scripts/device_check.sh measures every route
-# per K, and this rule is to follow those numbers.
-VMAP_MIN_MEMBERS = 4
-
-
-def default_route(device: torch.device | str, members: int) -> str:
-    """route=auto: vmap for packs of VMAP_MIN_MEMBERS or more on CUDA, loop otherwise."""
-    return "vmap" if torch.device(device).type == "cuda" and members >= VMAP_MIN_MEMBERS else "loop"
-
-
 def _set_tensor(module: nn.Module, dotted: str, value: torch.Tensor, *, parameter: bool) -> None:
     *path, leaf = dotted.split(".")
     owner = module.get_submodule(".".join(path)) if path else module

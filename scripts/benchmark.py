@@ -70,7 +70,8 @@ from experiments.cpu_memory import keep_freed_memory  # noqa: E402
 from experiments.epoch import TrainStep, train_epoch  # noqa: E402
 from experiments.layer_stats import LayerStats  # noqa: E402
 from experiments.pack_optimizer import PackOptimizer  # noqa: E402
-from experiments.packed_models import ROUTES, ModelPack, default_route  # noqa: E402
+from experiments.packed_models import ROUTES, ModelPack  # noqa: E402
+from experiments.route_table import auto_route  # noqa: E402
 from experiments.run_files import write_json  # noqa: E402
 from experiments.run_info import git_commit  # noqa: E402
 from experiments.run_record import one_line  # noqa: E402
@@ -302,8 +303,8 @@ def engine_pipeline(args, ds, device, autocast, *, members: int, route: str, mod
     return steps
 
 
-def pack_route(args, device, k: int, route: str) -> str:
-    return default_route(device, k) if route == "auto" else route
+def pack_route(device, k: int, route: str, mode: str | None) -> str:
+    return auto_route(device, k, mode)[0] if route == "auto" else route
 
 
 def pack_pipeline_name(k: int, route: str, mode: str | None) -> str:
@@ -626,7 +627,7 @@ def run(args) -> dict:
                 lambda every=every: engine_pipeline(args, ds, device, autocast, members=1, route="loop", mode=None,
                                                     stats_every=every))
         for k, route, mode in args.pack_specs:
-            resolved = pack_route(args, device, k, route)
+            resolved = pack_route(device, k, route, mode)
             name = pack_pipeline_name(k, resolved, mode)
             if name not in kinds:
                 add(name, {"kind": "pack", "members": k, "route": resolved, "compile": mode, "asked": route},

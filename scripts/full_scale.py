@@ -14,6 +14,7 @@ reads, so every window of an experiment joins one sweep.
     python scripts/full_scale.py device-plan WINDOW [--bench BENCH_JSON] [--seconds S]   # for device_check.sh
     python scripts/full_scale.py merge TARBALL... [--into outputs/sweeps]
     python scripts/full_scale.py expect SWEEP_DIR...                # rewrite its expected_runs.json
+    python scripts/full_scale.py publish SWEEP_DIR... [--results results]   # its CSVs, figures, claims, provenance
 
 A window too big for the rate the device measured is run in parts: WINDOW.IofN is part I of N, the
 window's runs cut along some of its swept axes (blog-s0.1of2: AdamW's 12 runs of seed 0), each part
@@ -538,6 +539,35 @@ def merge(tarballs: list[Path], into: Path) -> list[Move]:
     return [move for move, _, _ in plans]
 
 
+def publish(sweep_dir: Path, results: Path) -> list[str]:
+    """What issue 15 commits for an experiment, from its sweep folder: results/NAME.csv and NAME_curves.csv
+    (collect.py), results/figures/NAME/ (figures.py; cells of runs not home drawn framed as incomplete),
+    results/claims/NAME.md (claims.py) and results/provenance/NAME.md (provenance.py). Returns the steps
+    that failed; each step's own messages say why."""
+    import claims
+    import collect
+    import figures
+    import provenance
+
+    name = sweep_dir.name
+    csv = results / f"{name}.csv"
+    steps = [("collect", collect.main, [str(sweep_dir), "-o", str(csv)]),
+             ("figures", figures.main, [str(csv), "-o", str(results / "figures" / name), "--allow-incomplete"]),
+             ("claims", claims.main, [str(csv), "-o", str(results / "claims" / f"{name}.md")]),
+             ("provenance", provenance.main, [str(sweep_dir), "-o", str(results / "provenance" / f"{name}.md")])]
+    failed = []
+    for step, run, args in steps:
+        if run(args) != 0:
+            failed.append(f"{name}: {step}")
+            if step == "collect":  # nothing to draw or judge
+                break
+    if not failed:
+        statuses = collect.read_csv_exact(csv)["status"].value_counts()
+        print(f"{name}: {int(statuses.sum())} runs (" + ", ".join(f"{n} {s}" for s, n in statuses.items())
+              + f") in {csv}, its curves, {results / 'figures' / name}/, claims and provenance")
+    return failed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="action", required=True)
@@ -558,6 +588,9 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"start-up per pack (default {PACK_START_S} s eager, {COMPILED_PACK_START_S} s compiled)")
     e = sub.add_parser("expect", help=f"(re)write SWEEP_DIR/{EXPECTED_FILE} (merge does this itself)")
     e.add_argument("sweep_dirs", nargs="+", type=Path)
+    u = sub.add_parser("publish", help="a sweep folder's results CSVs, figures, claims and provenance")
+    u.add_argument("sweep_dirs", nargs="+", type=Path)
+    u.add_argument("--results", type=Path, default=Path("results"))
     m = sub.add_parser("merge", help="add brought-back run folders to the sweep folders")
     m.add_argument("tarballs", nargs="+", type=Path)
     m.add_argument("--into", type=Path, default=Path("outputs/sweeps"))
@@ -582,6 +615,11 @@ def main(argv: list[str] | None = None) -> int:
                     raise WindowError(f"{sweep_dir} holds no run of a full-scale window; nothing to expect")
                 expected = run_files.read_json(path)
                 print(f"{path}: {len(expected['runs'])} runs of {', '.join(expected['windows'])}")
+        elif args.action == "publish":
+            failed = [f for sweep_dir in args.sweep_dirs for f in publish(sweep_dir, args.results)]
+            if failed:
+                print(f"error: publish failed at {'; '.join(failed)} (the messages above say why)", file=sys.stderr)
+                return 1
         elif args.action in ("overrides", "images", "sweep"):
             w = resolve(args.window)
             if args.action == "overrides":
@@ -595,9 +633,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{move.action:<8} {move.run}  ({move.why})")
             added = sum(m.action != "keep" for m in moves)
             sweeps = sorted({m.run.split("/")[0] for m in moves})
-            print(f"{added} of {len(moves)} run folders added or replaced in {args.into}; next: "
-                  + "; ".join(f"python scripts/collect.py {args.into / s} -o results/{s}.csv, then "
-                              f"python scripts/provenance.py {args.into / s}" for s in sweeps))
+            print(f"{added} of {len(moves)} run folders added or replaced in {args.into}; next: python "
+                  f"scripts/full_scale.py publish {' '.join(str(args.into / s) for s in sweeps)}")
     except WindowError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

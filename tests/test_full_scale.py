@@ -88,7 +88,7 @@ def test_merge_adds_new_runs_replaces_unfinished_ones_and_keeps_done_ones(tmp_pa
     assert "add      blog_adamw_vs_adamp/a" in out and "replace  blog_adamw_vs_adamp/b" in out
     assert "keep     blog_adamw_vs_adamp/c  (already finished here" in out
     assert "2 of 3 run folders added or replaced" in out
-    assert "python scripts/collect.py" in out and "results/blog_adamw_vs_adamp.csv" in out
+    assert f"next: python scripts/full_scale.py publish {home / 'blog_adamw_vs_adamp'}" in out
     for name, origin in (("a", "device"), ("b", "device"), ("c", "")):
         assert (here / name / "metrics.csv").read_text() == f"epoch,test_acc\n1,0.5{origin}\n", name
         assert json.loads((here / name / "summary.json").read_text())["status"] == "finished"
@@ -396,3 +396,29 @@ def test_the_precision_check_is_estimated_as_three_packs_of_eight(tmp_path, caps
                             "--start-s", "30"]) == 0
     # 8 members at 50,000 images/s (on the line from 4 to 12): 8 x 150,000 x 1.1 / 50,000 + 30 s, three times.
     assert int(capsys.readouterr().out) == 170  # 3 x 56.4 = 169.2, rounded up
+
+
+def test_publish_writes_an_experiments_results_figures_claims_and_provenance_even_when_part_is_home(tmp_path, capsys):
+    w = full_scale.window("blog-s0")
+    g = full_scale.grid(w)
+    sweep = tmp_path / "sweeps" / "blog_adamw_vs_adamp"
+    names = full_scale.grid(full_scale.resolve("blog-s0.1of3")).names  # lr 1e-3: 8 of the 24 runs
+    for k, name in enumerate(names):
+        _full_scale_run(sweep, w, g.names.index(name), "finished", 0.5 + k / 100)
+    assert full_scale.main(["expect", str(sweep)]) == 0
+    results = tmp_path / "results"
+    capsys.readouterr()
+    assert full_scale.main(["publish", str(sweep), "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert f"blog_adamw_vs_adamp: 24 runs (16 missing, 8 finished) in {results / 'blog_adamw_vs_adamp.csv'}" in out
+    import pandas as pd
+
+    assert len(pd.read_csv(results / "blog_adamw_vs_adamp_curves.csv")) == 8
+    assert (results / "figures" / "blog_adamw_vs_adamp" / "heatmap_test_acc.png").exists()
+    claims_md = (results / "claims" / "blog_adamw_vs_adamp.md").read_text()
+    assert "24 runs (8 completed)" in claims_md, claims_md[:400]
+    assert "24 runs expected, 8 run folders here" in (results / "provenance" / "blog_adamw_vs_adamp.md").read_text()
+    # A sweep folder that is not there: collect fails, nothing is drawn, and the command says where it stopped.
+    assert full_scale.main(["publish", str(tmp_path / "sweeps" / "nothing"), "--results", str(results)]) == 1
+    assert "publish failed at nothing: collect" in capsys.readouterr().err
+    assert not (results / "figures" / "nothing").exists()

@@ -78,6 +78,15 @@ def test_hydra_discovers_the_installed_launcher(installed):
     assert Path(found["file"]).is_relative_to(installed.parents[1]), found["file"]  # the venv's, not the repo's
 
 
+def test_the_installed_engine_carries_route_autos_measurements(installed):
+    probe = ("import json, experiments.route_table as t; "
+             "print(json.dumps({'file': t.__file__, 'cpu': sorted(json.loads(t.TABLE.read_text())['cpu'])}))")
+    found = json.loads(subprocess.run([installed, "-c", probe], cwd=installed.parents[2], capture_output=True,
+                                      text=True, check=True).stdout)
+    assert Path(found["file"]).is_relative_to(installed.parents[1]), found["file"]
+    assert "fastest" in found["cpu"]
+
+
 @pytest.mark.parametrize("python", ["installed", "not_installed"])
 def test_a_packed_sweep_runs_from_the_repo_root_installed_or_not(python, request, tmp_path):
     sweep = tmp_path / "sweep"

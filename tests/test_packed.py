@@ -23,7 +23,7 @@ from experiments import run_files
 from experiments.epoch import TrainStep, train_epoch
 from experiments.pack_optimizer import PackOptimizer
 from experiments.packed import PackMember, group_into_packs, pack_key, train_pack
-from experiments.packed_models import ROUTES, VMAP_MIN_MEMBERS, ModelPack, default_route
+from experiments.packed_models import ROUTES, ModelPack
 from experiments.run_files import CheckpointError
 from experiments.run_info import git_commit
 from experiments.schedules import build_scheduler
@@ -142,19 +142,25 @@ def test_members_match_their_single_runs_in_float64(batch_norm, route, device):
     assert not torch.allclose(w[0], w[1]) and not torch.allclose(w[1], w[2])
 
 
+FLOAT32_FLOOR = 5e-5
+
+
 @ROUTE
 @BATCH_NORM
 def test_members_match_their_single_runs_in_float32(batch_norm, route):
     """In float32, packing adds no more error than float32 rounding already puts into a single run.
 
     The exact trajectory is the float64 run on the same batches (the float64 test shows the pack equals it there).
-    A single float32 run departs from it by d: 3e-7 of the weights' norm after 20 steps for AdamW without BN, 7e-3
-    for AdamP with BN, whose near-zero BN biases amplify rounding. How two float32 roundings of it differ depends on
-    the CPU's kernels: on an AVX-512 (Zen 4) machine the grouped route's AdamP member ends 4e-4 from its single run,
-    over the fixed 1e-4 this test once allowed and earlier machines had kept to. A route whose kernels round
-    otherwise (grouped, vmap) is another float32 rounding of the same trajectory: each member must stay within 2 d
-    of it, in weights, BN statistics and training loss (a 1% error in the members' lr fails every case). The loop
-    and streams routes run the single run's very kernels: there every tensor is equal.
+    A single float32 run departs from it by d: 1e-7 to 5e-4 of the weights' norm after 20 steps, the most for
+    AdamP, whose normalised steps amplify rounding. A route whose kernels sum in another order (grouped, vmap) is
+    another float32 rounding of the same trajectory, and how far that lands depends on the CPU's kernels: on an
+    AVX-512 (Zen 4) machine the grouped route's AdamP member with BN ended 4e-4 from its single run (d = 7e-3
+    there); on a Zen 3 machine the SGD member without BN ended 8.9e-6 from the float64 run on the grouped and vmap
+    routes, while its single run happened to round almost as float64 does (d = 1.1e-7). So each member must stay
+    within 2 d + FLOAT32_FLOOR of the float64 run, in weights, BN statistics and training loss. The floor, 5e-5 of
+    the norm, is under a quarter of what a 1% error in a member's lr moves it (2.3e-4 at the least, measured on
+    every case): that error still fails every case. The loop and streams routes run the single run's very
+    kernels: there every tensor is equal.
     """
     data = batches(STEPS)
     exact_data = [(x.double(), y) for x, y in data]
@@ -168,9 +174,10 @@ def test_members_match_their_single_runs_in_float32(batch_norm, route):
             assert max(errors.values()) == 0, max(errors.items(), key=lambda kv: kv[1])
         for buffers in (False, True) if batch_norm else (False,):
             d = relative_error(flat(single, buffers), flat(exact, buffers))
-            assert relative_error(flat(pack.members[k], buffers), flat(exact, buffers)) <= 2 * d + 1e-6, (k, buffers, d)
+            got = relative_error(flat(pack.members[k], buffers), flat(exact, buffers))
+            assert got <= 2 * d + FLOAT32_FLOOR, (k, buffers, got, d)
         d_loss = abs(train_loss - exact_loss)
-        assert abs(rows[k]["train_loss"] - exact_loss) <= 2 * d_loss + 1e-6 * exact_loss, (k, d_loss)
+        assert abs(rows[k]["train_loss"] - exact_loss) <= 2 * d_loss + FLOAT32_FLOOR * exact_loss, (k, d_loss)
         assert rows[k]["grad_norm"] > 0
 
 
@@ -196,15 +203,6 @@ def test_a_stopped_nan_member_neither_steps_nor_leaks(batch_norm, route):
     assert not opt_state["state"] and sched_state["last_epoch"] == 0, "a stopped member took an optimizer step"
     assert all(s[1].abs().sum() == 0 for s in pack_opt.state)
     assert pack_opt.member_state_dict(0)[1]["last_epoch"] == len(data)
-
-
-def test_auto_route_runs_vmap_only_for_cuda_packs_big_enough_to_gain():
-    # No GPU needed: the choice depends on the device type and the pack size only.
-    assert default_route("cpu", 12) == "loop"
-    assert default_route("cuda", 1) == "loop"
-    assert default_route("cuda", VMAP_MIN_MEMBERS - 1) == "loop"
-    assert default_route(torch.device("cuda", 1), VMAP_MIN_MEMBERS) == "vmap"
-    assert default_route("cuda:0", 12) == "vmap"
 
 
 @pytest.mark.parametrize("route", SAME_KERNELS)

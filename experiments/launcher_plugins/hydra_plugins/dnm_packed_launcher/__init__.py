@@ -23,8 +23,8 @@ class PackedLauncher(Launcher):
     pack_size: most runs per pack (null: every compatible run of the sweep in one pack).
     packed_init: shared (a pack holds one seed: members start alike, as their single runs) or
     own (seeds mix in a pack; each member starts from its own seed).
-    route: auto (vmap on CUDA for packs of 4 or more, loop otherwise), loop, streams, vmap or
-    grouped (experiments/packed_models.py).
+    route: auto (the route measured fastest for this device type, pack size and compile mode:
+    experiments/route_table.py), loop, streams, vmap or grouped (experiments/packed_models.py).
     submitit: null (packs train one after another in this process), or hydra-submitit-launcher's
     own launcher, configured as for launcher=slurm / submitit_local: each pack is then one submitit
     job with those settings (configs/launcher/packed_slurm.yaml).
