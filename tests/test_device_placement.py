@@ -3,12 +3,12 @@
 On a CPU neither property shows: the host is the device. So these tests train on PyTorch's meta device,
 whose tensors have shapes, dtypes and a device but no data. Every op of the data loader, the forward and
 backward of each route, the fused updates of every optimizer kind, the metric sums and the layer statistics
-runs there as it would on a GPU, and
-- reading a value back to the host (.item(), .tolist(), bool(), float()) fails ("Cannot copy out of meta
-  tensor"): a host synchronisation in the step;
-- an op given a host tensor of one or more dimensions beside device tensors fails (HostTensorCheck; the meta
-  device's own checks miss in-place ops and indexing): on a GPU that is an error ("Expected all tensors to be
-  on the same device") or a copy from the host on every step. A 0-dim host tensor is a scalar on a GPU too.
+runs there as it would on a GPU, and HostTensorCheck fails
+- any value read back to the host (.item(), .tolist(), bool(), float(), .cpu()): a host synchronisation in
+  the step;
+- any op given a host tensor of one or more dimensions beside device tensors (the meta device's own checks
+  miss in-place ops and indexing): on a GPU an error ("Expected all tensors to be on the same device") or a
+  copy from the host on every step. A 0-dim host tensor is a scalar on a GPU too.
 A GPU lease is 15 minutes (results/benchmarks.md); such a fault must show up here, not there. The last two
 tests plant each fault and check that it is caught.
 """
