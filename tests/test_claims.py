@@ -12,6 +12,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 import claims  # noqa: E402
 
 LRS, WDS = (1e-3, 1e-2), (1e-4, 1e-2)
+NORM_CLAIM = "AdamP ends with a smaller model norm than AdamW among the high-accuracy configurations without BN"
 
 
 def post_grid(seeds=(0, 1, 2), adamp_gap=0.0, adamp_best_lr_seed1=None, status=None) -> pd.DataFrame:
@@ -49,7 +50,7 @@ def test_the_post_claims_on_a_grid_where_each_holds():
     v = by_claim(claims.judge(post_grid()))
     assert v["AdamW and AdamP reach about the same best accuracy without BN"].verdict == claims.HOLDS
     assert v["The best configurations all have lr 1e-3 without BN"].verdict == claims.HOLDS
-    norm = v["AdamP ends with a smaller model norm than AdamW among the high-accuracy configurations without BN"]
+    norm = v[NORM_CLAIM]
     assert norm.verdict == claims.HOLDS and "-10.00" in norm.numbers
     decoupled = v["AdamW's high-accuracy region is more rectangular (decoupled) than AdamP's without BN"]
     assert decoupled.verdict == claims.HOLDS, decoupled
@@ -94,6 +95,33 @@ def test_only_one_learning_row_cannot_judge_decoupling():
     v = by_claim(claims.judge(df))
     decoupled = v["AdamW's high-accuracy region is more rectangular (decoupled) than AdamP's without BN"]
     assert decoupled.verdict == claims.UNJUDGED and "only 1 lr row" in decoupled.why
+
+
+def norm_gaps(gaps: dict[int, float]) -> pd.DataFrame:
+    """The post's grid with AdamP's model norm `gaps[seed]` below AdamW's in that seed (every cell)."""
+    df = post_grid(seeds=tuple(gaps))
+    for seed, gap in gaps.items():
+        adamw = df.loc[(df["optimizer"] == "adamw") & (df["seed"] == seed), "final_model_norm"].iloc[0]
+        df.loc[(df["optimizer"] == "adamp") & (df["seed"] == seed), "final_model_norm"] = adamw - gap
+    return df
+
+
+@pytest.mark.parametrize("gaps, verdict, shown", [
+    # mean -5, s = 5.66 over 2 seeds: -5 +- 12.706 * 4.0 (t for 1 degree of freedom, from any table).
+    ({0: 1.0, 1: 9.0}, claims.UNJUDGED, "-5.00, 95% interval [-55.8, +45.8] over 2 seeds"),
+    # mean -5, s = 4 over 3 seeds: -5 +- 4.303 * 2.309.
+    ({0: 1.0, 1: 5.0, 2: 9.0}, claims.UNJUDGED, "-5.00, 95% interval [-14.9, +4.9] over 3 seeds"),
+    # mean -5, s = 1 over 3 seeds: -5 +- 4.303 * 0.577, below 0.
+    ({0: 4.0, 1: 5.0, 2: 6.0}, claims.HOLDS, "-5.00, 95% interval [-7.5, -2.5] over 3 seeds"),
+])
+def test_the_interval_over_few_seeds_is_students_t(gaps, verdict, shown):
+    # A percentile bootstrap would give about the range of the seeds' gaps, [-9, -1], in the first two cases
+    # (an interval that holds the true mean half the time with 2 seeds, three times in four with 3) and
+    # call both "holds".
+    norm = by_claim(claims.judge(norm_gaps(gaps)))[NORM_CLAIM]
+    assert norm.verdict == verdict and shown in norm.numbers, norm
+    if verdict == claims.UNJUDGED:
+        assert "the interval holds 0" in norm.why
 
 
 def scale_free_runs(seeds=(0, 1)) -> pd.DataFrame:
