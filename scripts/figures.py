@@ -210,7 +210,15 @@ def completed_seed_count(df: pd.DataFrame) -> str:
     if "seed" not in done.columns or done.empty:
         return "seeds"
     per_cell = done.groupby(lib.method_columns(done) + ["lr", "weight_decay"], dropna=False)["seed"].nunique()
-    lo, hi = int(per_cell.min()), int(per_cell.max())
+    return seed_phrase(per_cell)
+
+
+def seed_phrase(counts) -> str:
+    """'3 seeds', or '2-3 seeds' when the points of a figure rest on different numbers of seeds."""
+    counts = [int(n) for n in counts]
+    if not counts:
+        return "seeds"
+    lo, hi = min(counts), max(counts)
     count = f"{lo}" if lo == hi else f"{lo}-{hi}"
     return f"{count} seed" + ("" if count == "1" else "s")
 
@@ -350,12 +358,13 @@ def plot_best_curves(df: pd.DataFrame, curves: pd.DataFrame, metric: str = "test
     """Test accuracy and train loss per epoch of each method's best configuration (mean ± std)."""
     fig = Figure(figsize=(11, 4), layout="constrained")
     axes = fig.subplots(1, len(CURVE_METRICS))
-    drawn = 0
+    drawn, seeds_drawn = 0, []
     best = best_configs(df, metric, split_by)
     for (key, lr, wd, runs), style in zip(best, method_styles([key for key, *_ in best])):
         rows = curves[curves["run_dir"].isin(runs["run_dir"])]
         if rows.empty:
             continue
+        seeds_drawn.append(rows["run_dir"].nunique())
         label = f"{lib.method_label(key)} (lr {lib.format_hparam(lr)}, wd {lib.format_hparam(wd)})"
         for ax, (name, _) in zip(axes, CURVE_METRICS):
             if name not in rows.columns:
@@ -381,7 +390,7 @@ def plot_best_curves(df: pd.DataFrame, curves: pd.DataFrame, metric: str = "test
             break
     title = lib.setting_title(df)
     fig.suptitle(f"Best configuration of each method (by {_metric_title(lib.metric_column(df, metric))}, "
-                 f"mean ± std over seeds)" + (f" — {title}" if title else ""), fontsize=10)
+                 f"mean ± std over {seed_phrase(seeds_drawn)})" + (f" — {title}" if title else ""), fontsize=10)
     return fig
 
 
@@ -411,7 +420,8 @@ def scale_free_table(df: pd.DataFrame, metric: str = "test_acc", report: str | N
             ok = seeds.loc[seeds["status"] == "finished", reported]
             rows.append({"method": lib.method_label(key), **key, "lr": lr, "weight_decay": wd,
                          "loss_multiplier": c, "mean": ok.mean(), "std": ok.std(),
-                         "n_runs": len(seeds), "n_diverged": int((seeds["status"] == "diverged").sum())})
+                         "n_runs": len(seeds), "n_finished": len(ok),
+                         "n_diverged": int((seeds["status"] == "diverged").sum())})
     return pd.DataFrame(rows)
 
 
@@ -439,7 +449,8 @@ def plot_scale_free(df: pd.DataFrame, metric: str = "test_acc") -> Figure | None
         ax.grid(alpha=0.3)
     fig.axes[0].legend(fontsize=8)
     title = lib.setting_title(df.drop(columns="loss_multiplier"))
-    fig.suptitle("Scale-freeness: same hyperparameters, loss x c (flat = scale-free)"
+    fig.suptitle("Scale-freeness: same hyperparameters, loss x c (flat = scale-free); "
+                 f"mean ± std over {seed_phrase(table['n_finished'])}"
                  + (f"\n{title}" if title else ""), fontsize=10)
     return fig
 

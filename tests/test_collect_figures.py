@@ -345,6 +345,10 @@ def test_best_curves_follow_the_best_configuration(collected):
     best = results[(results.optimizer == "adamw") & (results.lr == 1e-3) & (results.weight_decay == 1e-4)]
     last = curves[curves.run_dir.isin(best.run_dir) & (curves.epoch == 5)]["test_acc"].mean()
     assert line.get_ydata()[-1] == pytest.approx(last * 100)
+    # AdamW's and AdamP's best cells have every seed; the one DecoupledAdamW run has one.
+    assert best.seed.nunique() == len(SEEDS) > 1 and f"over 1-{len(SEEDS)} seeds" in fig._suptitle.get_text()
+    grid_only = results[results.optimizer != "decoupled_adamw"]
+    assert f"over {len(SEEDS)} seeds)" in figures.plot_best_curves(grid_only, curves)._suptitle.get_text()
 
 
 def test_best_curves_of_many_methods_never_share_a_look(tmp_path):
@@ -402,6 +406,10 @@ def test_scale_free_plot_when_loss_multiplier_varies(tmp_path):
     line = fig.axes[1].get_lines()[0]
     first = norms[norms.method == norms.method.iloc[0]]
     assert list(line.get_ydata()) == pytest.approx(list(first["mean"] * figures._scale("final_model_norm")))
+    # The title says how many seeds stand behind the error bars, and that some point has fewer.
+    assert "over 2 seeds" in fig._suptitle.get_text()
+    one_short = results.drop(seeds.index[:1])
+    assert "over 1-2 seeds" in figures.plot_scale_free(one_short)._suptitle.get_text()
 
 
 # ---------------------------------------------------------------- runs that differ, runs that are missing
