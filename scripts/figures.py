@@ -487,6 +487,15 @@ def _bn_label(value) -> str:
     return "" if pd.isna(value) else ("BN on" if lib.as_bool(value) else "BN off")
 
 
+def _best_run_style(opt: str, runs: pd.DataFrame) -> dict:
+    """Line label and colour of a method's best runs: the label names its own (lr, wd), which can differ with BN
+    on and off, so each BN panel carries its own legend; the colour is the optimizer's in every panel."""
+    r0 = runs.iloc[0]
+    colours = matplotlib.colormaps["tab10"].colors
+    return {"label": f"{lib.display_name(opt)} (lr {lib.format_hparam(r0.lr)}, wd {lib.format_hparam(r0.weight_decay)})",
+            "color": colours[MAGNITUDE_METHODS.index(opt) % len(colours)]}
+
+
 def plot_magnitudes(df: pd.DataFrame, magnitudes: pd.DataFrame, quantity: str = "update",
                     metric: str = "test_acc") -> Figure | None:
     """Zhuang et al.'s histograms: the share of a quantity's entries by power-of-2 bin, whole model, each method at
@@ -502,27 +511,28 @@ def plot_magnitudes(df: pd.DataFrame, magnitudes: pd.DataFrame, quantity: str = 
     bins = sorted((c for c in rows.columns if c.lstrip("-").isdigit()), key=int)
     fig = Figure(figsize=(4.2 * len(chosen), 3.2 * len(bns)), layout="constrained")
     axes = fig.subplots(len(bns), len(chosen), squeeze=False, sharex=True)
+    seeds = []
     for (opt, bn), runs in best.items():
         mine = rows[rows["run_dir"].isin(runs["run_dir"])]
-        r0 = runs.iloc[0]
-        label = f"{lib.display_name(opt)} (lr {lib.format_hparam(r0.lr)}, wd {lib.format_hparam(r0.weight_decay)})"
+        seeds.append(mine["run_dir"].nunique())
+        style = _best_run_style(opt, runs)
         for j, epoch in enumerate(chosen):
             ax = axes[bns.index(bn), j]
             counts = mine[mine["epoch"] == epoch][["zero", *bins] if "zero" in mine.columns else bins]
             if counts.empty:
                 continue
             share = counts.div(counts.sum(axis=1), axis=0).mean(axis=0)
-            ax.step([int(b) for b in bins], share[bins].to_numpy(), where="mid", label=label)
+            ax.step([int(b) for b in bins], share[bins].to_numpy(), where="mid", **style)
             ax.set_title(f"{_bn_label(bn)}, epoch {epoch}".strip(", "), fontsize=9)
     for ax in axes.flat:
         ax.set_xlabel("log2 of the magnitude")
         ax.grid(alpha=0.3)
     for ax in axes[:, 0]:
         ax.set_ylabel("share of entries")
-    axes[0, -1].legend(fontsize=7)
-    seeds = max(len(runs) for runs in best.values())
+    for row in axes:
+        row[-1].legend(fontsize=7)
     fig.suptitle(f"Orders of magnitude of {QUANTITY_TITLES.get(quantity, quantity)}, whole model, each method at its "
-                 f"best (lr, wd > 0); mean over {seeds} seed(s)", fontsize=10)
+                 f"best (lr, wd > 0); mean over {seed_phrase(seeds)}", fontsize=10)
     return fig
 
 
@@ -540,16 +550,16 @@ def plot_step_sizes(df: pd.DataFrame, step_sizes: pd.DataFrame, metric: str = "t
     bns = list(dict.fromkeys(key[1] for key in best))
     fig = Figure(figsize=(5.5 * len(bns), 3.8), layout="constrained")
     axes = fig.subplots(1, len(bns), squeeze=False, sharey=True)[0]
+    seeds = []
     for (opt, bn), runs in best.items():
         mine = step_sizes[step_sizes["run_dir"].isin(runs["run_dir"])]
+        seeds.append(mine["run_dir"].nunique())
         per_epoch = mine.groupby("epoch")[weights].mean()  # mean over seeds, per layer
-        r0 = runs.iloc[0]
+        style = _best_run_style(opt, runs)
         ax = axes[bns.index(bn)]
-        line, = ax.plot(per_epoch.index, per_epoch.median(axis=1), marker="o",
-                        label=f"{lib.display_name(opt)} (lr {lib.format_hparam(r0.lr)}, "
-                              f"wd {lib.format_hparam(r0.weight_decay)})")
+        ax.plot(per_epoch.index, per_epoch.median(axis=1), marker="o", **style)
         ax.fill_between(per_epoch.index, per_epoch.min(axis=1), per_epoch.max(axis=1), alpha=0.15,
-                        color=line.get_color())
+                        color=style["color"])
         ax.set_title(_bn_label(bn) or "all runs", fontsize=9)
     for ax in axes:
         ax.set_yscale("log")
@@ -557,9 +567,10 @@ def plot_step_sizes(df: pd.DataFrame, step_sizes: pd.DataFrame, metric: str = "t
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("relative update size per step")
-    axes[-1].legend(fontsize=7)
+    for ax in axes:
+        ax.legend(fontsize=7)
     fig.suptitle("Relative update size of the convolution and linear weights (median, min-max shaded), each method "
-                 "at its best (lr, wd > 0)", fontsize=10)
+                 f"at its best (lr, wd > 0); mean over {seed_phrase(seeds)}", fontsize=10)
     return fig
 
 

@@ -157,7 +157,7 @@ def test_the_figures_show_each_method_at_its_best_configuration_bn_off_and_on():
         for bn in (False, True):
             for lr in (1e-3, 1e-2):
                 run_dir = f"{opt}-{bn}-{lr}"
-                best = lr == 1e-3
+                best = lr == (1e-2 if opt == "proxadam" and bn else 1e-3)  # ProxAdam's best moves with BN
                 results.append(dict(run_dir=run_dir, status="finished", optimizer=opt, lr=lr, weight_decay=5e-4,
                                     seed=0, batch_norm=bn, loss_multiplier=1.0, final_test_acc=0.5 if best else 0.2,
                                     final_model_norm=30.0))
@@ -175,8 +175,16 @@ def test_the_figures_show_each_method_at_its_best_configuration_bn_off_and_on():
         assert len(ax.lines) == 3
         for line in ax.lines:  # the best run's shares (10 and 5 of 15), not the lr 1e-2 run's
             assert list(line.get_ydata()) == pytest.approx([10 / 15, 5 / 15])
+    # Each BN row's legend names that row's own best configurations; one colour per optimizer in every panel.
+    for row, prox_lr in ((fig.axes[:3], "1e-3"), (fig.axes[3:], "1e-2")):
+        assert [t.get_text() for t in row[-1].get_legend().get_texts()] == [
+            "AdamL2 (lr 1e-3, wd 5e-4)", "DecoupledAdamW (lr 1e-3, wd 5e-4)", f"ProxAdam (lr {prox_lr}, wd 5e-4)"]
+    assert len({tuple(ax.lines[i].get_color() for i in range(3)) for ax in fig.axes}) == 1
+    assert "mean over 1 seed" in fig._suptitle.get_text()
     fig = figures.plot_step_sizes(df, sizes)
     assert len(fig.axes) == 2 and all(len(ax.lines) == 3 for ax in fig.axes)
     median = fig.axes[0].lines[0].get_ydata()  # conv1 and fc, not the BatchNorm weight
     assert list(median) == pytest.approx([(1e-3 * e + 2e-3) / 2 for e in (1, 2, 3, 4, 5)])
+    assert [t.get_text() for t in fig.axes[1].get_legend().get_texts()][-1] == "ProxAdam (lr 1e-2, wd 5e-4)"
+    assert fig.axes[0].lines[2].get_color() == fig.axes[1].lines[2].get_color()
     assert figures.plot_magnitudes(df, mags.iloc[0:0], "update") is None
