@@ -487,13 +487,14 @@ def _bn_label(value) -> str:
     return "" if pd.isna(value) else ("BN on" if lib.as_bool(value) else "BN off")
 
 
-def _best_run_style(opt: str, runs: pd.DataFrame) -> dict:
-    """Line label and colour of a method's best runs: the label names its own (lr, wd), which can differ with BN
-    on and off, so each BN panel carries its own legend; the colour is the optimizer's in every panel."""
-    r0 = runs.iloc[0]
-    colours = matplotlib.colormaps["tab10"].colors
-    return {"label": f"{lib.display_name(opt)} (lr {lib.format_hparam(r0.lr)}, wd {lib.format_hparam(r0.weight_decay)})",
-            "color": colours[MAGNITUDE_METHODS.index(opt) % len(colours)]}
+def _best_run_styles(best: dict[tuple, pd.DataFrame]) -> list[dict]:
+    """Line label and colour of each method's best runs, in best's order: the label names its own (lr, wd), which
+    can differ with BN on and off, so each BN panel carries its own legend; the colour is the optimizer's
+    (method_styles) in every panel."""
+    styles = method_styles([{"optimizer": opt} for opt, _ in best])
+    return [{"label": f"{lib.display_name(opt)} (lr {lib.format_hparam(runs.iloc[0].lr)}, "
+                      f"wd {lib.format_hparam(runs.iloc[0].weight_decay)})", "color": style["color"]}
+            for ((opt, _), runs), style in zip(best.items(), styles)]
 
 
 def plot_magnitudes(df: pd.DataFrame, magnitudes: pd.DataFrame, quantity: str = "update",
@@ -512,10 +513,9 @@ def plot_magnitudes(df: pd.DataFrame, magnitudes: pd.DataFrame, quantity: str = 
     fig = Figure(figsize=(4.2 * len(chosen), 3.2 * len(bns)), layout="constrained")
     axes = fig.subplots(len(bns), len(chosen), squeeze=False, sharex=True)
     seeds = []
-    for (opt, bn), runs in best.items():
+    for ((opt, bn), runs), style in zip(best.items(), _best_run_styles(best)):
         mine = rows[rows["run_dir"].isin(runs["run_dir"])]
         seeds.append(mine["run_dir"].nunique())
-        style = _best_run_style(opt, runs)
         for j, epoch in enumerate(chosen):
             ax = axes[bns.index(bn), j]
             counts = mine[mine["epoch"] == epoch][["zero", *bins] if "zero" in mine.columns else bins]
@@ -551,11 +551,10 @@ def plot_step_sizes(df: pd.DataFrame, step_sizes: pd.DataFrame, metric: str = "t
     fig = Figure(figsize=(5.5 * len(bns), 3.8), layout="constrained")
     axes = fig.subplots(1, len(bns), squeeze=False, sharey=True)[0]
     seeds = []
-    for (opt, bn), runs in best.items():
+    for ((opt, bn), runs), style in zip(best.items(), _best_run_styles(best)):
         mine = step_sizes[step_sizes["run_dir"].isin(runs["run_dir"])]
         seeds.append(mine["run_dir"].nunique())
         per_epoch = mine.groupby("epoch")[weights].mean()  # mean over seeds, per layer
-        style = _best_run_style(opt, runs)
         ax = axes[bns.index(bn)]
         ax.plot(per_epoch.index, per_epoch.median(axis=1), marker="o", **style)
         ax.fill_between(per_epoch.index, per_epoch.min(axis=1), per_epoch.max(axis=1), alpha=0.15,
