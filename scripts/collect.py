@@ -1,9 +1,12 @@
 """Gather the runs of one or more sweeps into one tidy results CSV plus a long-form curves CSV.
 
     python scripts/collect.py SWEEP_DIR... -o results/NAME.csv [--wandb-project ENTITY/PROJECT]
+    python scripts/collect.py SWEEP_DIR... -o results/NAME.csv --join results/NAME.csv
 
 Writes results/NAME.csv (one row per run) and results/NAME_curves.csv (one row per run and epoch),
-so that figures and notebooks never need the run folders. Importable: `collect_runs`,
+so that figures and notebooks never need the run folders. --join adds the runs to those of a results CSV
+collected before (with its curves and layer tables), for runs whose folders are gone: the new runs must
+not repeat a run of the old CSV (same run folder, or same settings and seed). Importable: `collect_runs`,
 `write_results`, `main(argv)`. A run folder is laid out as in the README's "Run outputs"
 (summary.json, metrics.csv, config.yaml).
 """
@@ -61,6 +64,10 @@ REQUIRED_HPARAMS = ("optimizer", "lr", "weight_decay")
 
 class NoRunsFound(ValueError):
     """No usable run was found in any of the given places."""
+
+
+class JoinError(ValueError):
+    """A results CSV that --join cannot add runs to; the message says why, in one line."""
 
 
 class SkippedRun(ValueError):
@@ -389,6 +396,62 @@ def write_results(results: pd.DataFrame, curves: pd.DataFrame, out_csv: str | os
             write_csv_atomically(curves, curves_path_for(out_csv))]
 
 
+# ---------------------------------------------------------------- joining a CSV collected before
+
+def _read_previous(path: Path, what_to_do: str) -> pd.DataFrame:
+    if not path.is_file():
+        raise JoinError(f"--join: {path} does not exist; {what_to_do}")
+    try:
+        return read_csv_exact(path)
+    except (OSError, ValueError) as e:
+        raise JoinError(f"--join: {path} is not a readable CSV ({type(e).__name__}); collect its runs again") from e
+
+
+def _run_label(row: dict) -> str:
+    return (f"{row.get('optimizer')} lr={row.get('lr')} wd={row.get('weight_decay')} seed={row.get('seed')} "
+            f"(run {row.get('run_dir')})")
+
+
+def join_previous(previous_csv: str | os.PathLike, results: pd.DataFrame, curves: pd.DataFrame,
+                  tables: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, pd.DataFrame]]:
+    """The runs of previous_csv (and its curves and layer tables) followed by the newly collected ones.
+
+    JoinError when the old CSV or its curves are missing or unreadable, when it has no config_id (an older
+    collect.py could not tell runs apart), or when a new run repeats an old one: the same run folder, or the
+    same settings (config_id) and seed, which figures would otherwise count as two seeds.
+    """
+    previous_csv = Path(previous_csv)
+    old = _read_previous(previous_csv, "pass a results CSV that collect.py wrote")
+    old_curves = _read_previous(curves_path_for(previous_csv), f"--join needs the curves CSV that collect.py "
+                                                               f"wrote beside {previous_csv.name}")
+    lacking = [c for c in ("run_dir", "config_id", "seed", "status") if c not in old.columns]
+    if lacking:
+        raise JoinError(f"--join: {previous_csv} has no {', '.join(lacking)} column; collect its runs again "
+                        "with this collect.py")
+    runs = [r for r in results.to_dict("records") if r["status"] not in (UNREADABLE, MISSING)]
+    old_records = old.to_dict("records")
+    old_dirs = {r["run_dir"]: r for r in old_records if r["status"] != MISSING}
+    old_ids = {(r["config_id"], r["seed"]): r for r in old_records
+               if r["status"] not in (UNREADABLE, MISSING) and pd.notna(r["config_id"])}
+    for row in runs:
+        again = old_dirs.get(row["run_dir"]) or old_ids.get((row["config_id"], row["seed"]))
+        if again is not None:
+            raise JoinError(f"--join: {_run_label(row)} repeats {_run_label(again)} of {previous_csv}; collect "
+                            "the new runs without it, or collect all runs from their folders without --join")
+    # An old "missing" row (a run still to do when it was collected) that a new run now holds is done.
+    done = {(r["config_id"], r["seed"]) for r in runs}
+    old = old[[not (r["status"] == MISSING and (r["config_id"], r["seed"]) in done) for r in old_records]]
+    columns = list(dict.fromkeys([*old.columns, *results.columns]))
+    joined = results_frame(pd.concat([old, results], ignore_index=True).reindex(columns=columns).to_dict("records"))
+    joined_curves = pd.concat([old_curves, curves], ignore_index=True) if len(curves) else old_curves
+    for table in LAYER_TABLES:
+        path = layer_table_path_for(previous_csv, table)
+        if path.is_file():
+            old_table = _read_previous(path, "collect its runs again")
+            tables[table] = pd.concat([old_table, tables[table]], ignore_index=True) if table in tables else old_table
+    return joined, joined_curves, tables
+
+
 # ---------------------------------------------------------------- Weights & Biases
 
 # W&B run states that are not summary.json statuses.
@@ -572,6 +635,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--from-wandb-files", action="store_true",
                         help="read each run from the W&B run file in its folder (wandb/*run-*/run-*.wandb) instead "
                              "of its summary.json and metrics.csv: what W&B recorded, without syncing")
+    parser.add_argument("--join", metavar="RESULTS_CSV",
+                        help="add the runs to those of a results CSV collected before (its _curves.csv and layer "
+                             "tables too), for runs whose folders are gone; -o may name the same CSV")
     return parser.parse_args(argv)
 
 
@@ -584,14 +650,16 @@ def main(argv: list[str] | None = None) -> int:
             results, curves = collect_wandb_files(args.sweep_dirs)
         else:
             results, curves = collect_runs(args.sweep_dirs)
-    except NoRunsFound as e:
+        tables = {} if args.wandb_project or args.from_wandb_files else collect_layer_tables(args.sweep_dirs, results)
+        if args.join:
+            results, curves, tables = join_previous(args.join, results, curves, tables)
+    except (NoRunsFound, JoinError) as e:
         _warn(f"collect: error: {e}")
         return 1
     for path in write_results(results, curves, args.output):
         print(path)
-    if not (args.wandb_project or args.from_wandb_files):
-        for table, frame in collect_layer_tables(args.sweep_dirs, results).items():
-            print(write_csv_atomically(frame, layer_table_path_for(args.output, table)))
+    for table, frame in tables.items():
+        print(write_csv_atomically(frame, layer_table_path_for(args.output, table)))
     counts = results["status"].value_counts().to_dict()
     _warn(f"collect: {len(results)} runs ({', '.join(f'{n} {s}' for s, n in counts.items())})")
     return 0

@@ -126,7 +126,7 @@ def method_columns(df: pd.DataFrame, exclude: tuple[str, ...] = (), split_by: tu
 
 def check_cells(df: pd.DataFrame, split_by: tuple[str, ...] = ()) -> None:
     """MixedCell unless the completed runs of every method's lr x wd cell (those its mean averages) differ in
-    nothing but the seed.
+    nothing but the seed, and no seed of one setting comes twice (a run collected from two places).
 
     With collect.py's config_id, any difference counts (every key that changes a run's result); a CSV
     without it must at least have CORE_COLUMNS, and is checked on the columns it has. Runs that did not
@@ -144,13 +144,20 @@ def check_cells(df: pd.DataFrame, split_by: tuple[str, ...] = ()) -> None:
     keys = method_columns(placed, split_by=split_by) + ["lr", "weight_decay"]
     id_column = "config_id" if "config_id" in placed.columns else None
     for key, cell in placed.groupby(keys, dropna=False):
+        where = ", ".join(f"{k}={v}" for k, v in zip(keys, key if isinstance(key, tuple) else (key,)))
+        if "seed" in cell.columns:
+            twice = cell[cell.duplicated([c for c in (id_column, "seed") if c], keep=False)]
+            if len(twice):
+                runs = ", ".join(map(str, twice["run_dir"])) if "run_dir" in twice.columns else f"{len(twice)} rows"
+                raise MixedCell(f"the cell {where} holds seed {twice['seed'].iloc[0]} more than once ({runs}): one "
+                                "run, or two runs of one setting and seed, would count as several seeds; collect "
+                                "only one of them")
         known = cell[cell[id_column].notna()] if id_column else cell
         if id_column and known[id_column].nunique() <= 1:
             continue
         differing = [c for c in identity_columns(known) if c not in keys and known[c].nunique(dropna=False) > 1]
         if id_column is None and not differing:
             continue
-        where = ", ".join(f"{k}={v}" for k, v in zip(keys, key if isinstance(key, tuple) else (key,)))
         what = "; ".join(f"{c} ({', '.join(map(str, sorted(known[c].astype(str).unique())))})" for c in differing[:3])
         raise MixedCell(f"the cell {where} holds runs that differ in more than the seed: {what or 'config_id'}; keep "
                         f"them apart with --split-by {','.join(differing[:3]) or 'KEY'}, or collect them separately")

@@ -149,6 +149,71 @@ def test_collect_fails_in_one_line_when_no_run_is_found(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_join_adds_new_runs_to_a_csv_collected_before_as_if_collected_together(tmp_path, capsys):
+    """Seeds 0 and 1 collected first (their folders then gone), seed 2 joined later: the same rows and curves as
+    collecting all three from their folders, and the old CSV's layer tables carried over."""
+    fake_runs.write_fake_sweep(tmp_path / "old", lrs=LRS, wds=WDS, seeds=(0, 1))
+    fake_runs.write_fake_sweep(tmp_path / "new", lrs=LRS, wds=WDS, seeds=(2,))
+    both = tmp_path / "both.csv"
+    assert collect.main([str(tmp_path / "old"), str(tmp_path / "new"), "-o", str(both)]) == 0
+    joined = tmp_path / "results" / "grid.csv"
+    joined.parent.mkdir()
+    assert collect.main([str(tmp_path / "old"), "-o", str(joined)]) == 0
+    fake_runs.write_fake_layer_tables(joined)
+    magnitudes = collect.layer_table_path_for(joined, "magnitudes")
+    old_magnitudes = magnitudes.read_text()
+    assert collect.main([str(tmp_path / "new"), "-o", str(joined), "--join", str(joined)]) == 0
+
+    def rows(path):
+        return collect.read_csv_exact(path).sort_values("run_dir", ignore_index=True).drop(columns="written_at")
+
+    pd.testing.assert_frame_equal(rows(joined), rows(both))
+    curves = [collect.read_csv_exact(collect.curves_path_for(p)).sort_values(["run_dir", "epoch"], ignore_index=True)
+              for p in (joined, both)]
+    pd.testing.assert_frame_equal(*curves)
+    assert sorted(rows(joined)["seed"].unique()) == [0, 1, 2] and len(rows(joined)) == 2 * 9 * 3
+    assert magnitudes.read_text() == old_magnitudes
+    assert figures.main([str(joined), "-o", str(tmp_path / "figs")]) == 0
+
+
+@pytest.mark.parametrize("damage", ["repeat folder", "repeat seed", "no curves", "no config_id"])
+def test_join_refuses_what_it_cannot_add_in_one_line_and_writes_nothing(tmp_path, capsys, damage):
+    fake_runs.write_fake_sweep(tmp_path / "old", lrs=LRS, wds=WDS, seeds=(0, 1))
+    new = tmp_path / "old" if damage == "repeat folder" else tmp_path / "new"
+    fake_runs.write_fake_sweep(tmp_path / "new", lrs=LRS, wds=WDS, seeds=(1,) if damage == "repeat seed" else (2,))
+    out = tmp_path / "grid.csv"
+    assert collect.main([str(tmp_path / "old"), "-o", str(out)]) == 0
+    if damage == "no curves":
+        collect.curves_path_for(out).unlink()
+    if damage == "no config_id":
+        collect.read_csv_exact(out).drop(columns="config_id").to_csv(out, index=False)
+    before = out.read_bytes()
+    capsys.readouterr()
+    assert collect.main([str(new), "-o", str(out), "--join", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("collect: error: --join: "), err
+    assert {"repeat folder": "repeats", "repeat seed": "seed=1", "no curves": "grid_curves.csv does not exist",
+            "no config_id": "has no config_id column"}[damage] in err[0]
+    assert out.read_bytes() == before
+
+
+def test_figures_refuse_to_count_one_run_as_two_seeds(tmp_path, capsys):
+    """The same sweep collected from two places (a copy of a run folder): its seed would count twice."""
+    import shutil
+
+    fake_runs.write_fake_sweep(tmp_path / "a", lrs=LRS, wds=WDS, seeds=(0, 1))
+    (tmp_path / "b").mkdir()
+    run = next(p for p in sorted((tmp_path / "a").iterdir()) if p.is_dir())
+    shutil.copytree(run, tmp_path / "b" / run.name)
+    out = tmp_path / "ab.csv"
+    assert collect.main([str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(out)]) == 0
+    capsys.readouterr()
+    assert figures.main([str(out), "-o", str(tmp_path / "figs")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "more than once" in err[0] and run.name in err[0], err
+    assert not (tmp_path / "figs").exists()
+
+
 def test_csv_write_is_atomic(tmp_path, monkeypatch):
     out = tmp_path / "r.csv"
     collect.write_csv_atomically(pd.DataFrame({"a": [1]}), out)
