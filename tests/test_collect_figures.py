@@ -176,6 +176,27 @@ def test_join_adds_new_runs_to_a_csv_collected_before_as_if_collected_together(t
     assert figures.main([str(joined), "-o", str(tmp_path / "figs")]) == 0
 
 
+def test_join_drops_an_old_missing_row_that_a_new_run_now_holds(tmp_path):
+    """A run the old CSV marked "missing" (still to run when it was collected) and a new run now holds: the
+    joined CSV has the run once, finished, not also as missing."""
+    fake_runs.write_fake_sweep(tmp_path / "old", lrs=LRS, wds=WDS, seeds=(0,))
+    fake_runs.write_fake_sweep(tmp_path / "new", lrs=LRS, wds=WDS, seeds=(1,))
+    out, new = tmp_path / "grid.csv", tmp_path / "new.csv"
+    assert collect.main([str(tmp_path / "old"), "-o", str(out)]) == 0
+    assert collect.main([str(tmp_path / "new"), "-o", str(new)]) == 0
+    filled, other = collect.read_csv_exact(new).iloc[0], collect.read_csv_exact(new).iloc[1]
+    old = collect.read_csv_exact(out)
+    placeholders = pd.DataFrame([{**row[["optimizer", "lr", "weight_decay", "seed", "config_id"]].to_dict(),
+                                  "run_dir": f"old/{row['run_name']}", "status": collect.MISSING} for row in (filled,)])
+    pd.concat([old, placeholders], ignore_index=True).to_csv(out, index=False)
+    assert collect.main([str(tmp_path / "new"), "-o", str(out), "--join", str(out)]) == 0
+    joined = collect.read_csv_exact(out)
+    assert len(joined) == len(old) + len(collect.read_csv_exact(new))
+    mine = joined[(joined["config_id"] == filled["config_id"]) & (joined["seed"] == filled["seed"])]
+    assert list(mine["status"]) == ["finished"]
+    assert (joined["config_id"] == other["config_id"]).sum() == 2  # seeds 0 and 1 of another cell, both kept
+
+
 @pytest.mark.parametrize("damage", ["repeat folder", "repeat seed", "no curves", "no config_id"])
 def test_join_refuses_what_it_cannot_add_in_one_line_and_writes_nothing(tmp_path, capsys, damage):
     fake_runs.write_fake_sweep(tmp_path / "old", lrs=LRS, wds=WDS, seeds=(0, 1))
