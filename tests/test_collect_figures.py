@@ -149,7 +149,7 @@ def test_collect_fails_in_one_line_when_no_run_is_found(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_join_adds_new_runs_to_a_csv_collected_before_as_if_collected_together(tmp_path, capsys):
+def test_join_adds_new_runs_to_a_csv_collected_before_as_if_collected_together(tmp_path):
     """Seeds 0 and 1 collected first (their folders then gone), seed 2 joined later: the same rows and curves as
     collecting all three from their folders, and the old CSV's layer tables carried over."""
     fake_runs.write_fake_sweep(tmp_path / "old", lrs=LRS, wds=WDS, seeds=(0, 1))
@@ -184,14 +184,14 @@ def test_join_drops_an_old_missing_row_that_a_new_run_now_holds(tmp_path):
     out, new = tmp_path / "grid.csv", tmp_path / "new.csv"
     assert collect.main([str(tmp_path / "old"), "-o", str(out)]) == 0
     assert collect.main([str(tmp_path / "new"), "-o", str(new)]) == 0
-    filled, other = collect.read_csv_exact(new).iloc[0], collect.read_csv_exact(new).iloc[1]
-    old = collect.read_csv_exact(out)
-    placeholders = pd.DataFrame([{**row[["optimizer", "lr", "weight_decay", "seed", "config_id"]].to_dict(),
-                                  "run_dir": f"old/{row['run_name']}", "status": collect.MISSING} for row in (filled,)])
-    pd.concat([old, placeholders], ignore_index=True).to_csv(out, index=False)
+    new_rows, old = collect.read_csv_exact(new), collect.read_csv_exact(out)
+    filled, other = new_rows.iloc[0], new_rows.iloc[1]
+    placeholder = {**filled[["optimizer", "lr", "weight_decay", "seed", "config_id"]].to_dict(),
+                   "run_dir": f"old/{filled['run_name']}", "status": collect.MISSING}
+    pd.concat([old, pd.DataFrame([placeholder])], ignore_index=True).to_csv(out, index=False)
     assert collect.main([str(tmp_path / "new"), "-o", str(out), "--join", str(out)]) == 0
     joined = collect.read_csv_exact(out)
-    assert len(joined) == len(old) + len(collect.read_csv_exact(new))
+    assert len(joined) == len(old) + len(new_rows)
     mine = joined[(joined["config_id"] == filled["config_id"]) & (joined["seed"] == filled["seed"])]
     assert list(mine["status"]) == ["finished"]
     assert (joined["config_id"] == other["config_id"]).sum() == 2  # seeds 0 and 1 of another cell, both kept
