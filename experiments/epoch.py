@@ -104,7 +104,7 @@ def train_epoch(step: TrainStep, loader, *, progress: bool = False, desc: str = 
         _begin_step(graphs)
         record = stats is not None and stats.due()
         if record:  # trainer.magnitude_stats_every: outside the (compiled) step, on the device
-            stats.before_step([step.optimizer.lr(k) for k in range(pack.size)])
+            stats.before_step(step.optimizer.step_sizes())
         step(x, y)
         if record:
             stats.after_step()

@@ -68,11 +68,11 @@ class LayerStats:
         return self.steps_seen % self.every == 0
 
     @torch.no_grad()
-    def before_step(self, step_sizes: list[float]) -> None:
-        """step_sizes: each member's alpha * eta_t for the step about to be taken."""
+    def before_step(self, step_sizes: torch.Tensor) -> None:
+        """step_sizes: [K], each member's alpha * eta_t for the step about to be taken, on the pack's device
+        (experiments.pack_optimizer.PackOptimizer.step_sizes)."""
         self._previous.copy_(self.pack.flat_params)
-        self._step_sizes = torch.tensor(step_sizes, dtype=self._previous.dtype).to(self._previous.device,
-                                                                                   non_blocking=True)
+        self._step_sizes = step_sizes.to(self._previous.dtype)
 
     def _layer_sums(self, values: torch.Tensor) -> torch.Tensor:
         """[K, width] -> [K, layers] sums over each layer's columns."""

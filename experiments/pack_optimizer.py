@@ -79,6 +79,8 @@ class PackOptimizer:
         self.alpha = alpha.to(device)
         self.wd = wd.to(device)
         self.t = torch.zeros(1, dtype=torch.float64, device=device)
+        self._first_lr = torch.tensor([opt.param_groups[0]["initial_lr"] for opt in optimizers], dtype=torch.float64,
+                                      device=device)
         self.steps = 0
         self._stopped_at: dict[int, int] = {}
         self.active = [True] * pack.size
@@ -168,6 +170,15 @@ class PackOptimizer:
         if k in self.fallback:
             return group["lr"]
         return group["initial_lr"] * eta(self.steps_of(k), self.total_steps, self.steps_per_epoch, self.spec)
+
+    def step_sizes(self) -> torch.Tensor:
+        """Every member's `lr(k)` as one [K] float64 device tensor, made on the device from the step count t:
+        trainer.magnitude_stats_every reads it each recorded step, which then sends nothing host to device. A
+        pack with a fallback member (whose LambdaLR holds its lr on the host) sends its K values instead; a stopped
+        member gets the lr of the pack's next step (it takes none, so its update is 0 either way)."""
+        if self.fallback:
+            return torch.tensor([self.lr(k) for k in range(self.pack.size)], dtype=torch.float64).to(self.t.device)
+        return self._first_lr * eta_on_device(self.t, self.total_steps, self.steps_per_epoch, self.spec)
 
     def _params_in_state_order(self, k: int) -> list[torch.Tensor]:
         return [p for group in self.optimizers[k].param_groups for p in group["params"]]

@@ -8,11 +8,14 @@ runs there as it would on a GPU, and HostTensorCheck fails
   the step;
 - any op given a host tensor of one or more dimensions beside device tensors (the meta device's own checks
   miss in-place ops and indexing): on a GPU an error ("Expected all tensors to be on the same device") or a
-  copy from the host on every step. A 0-dim host tensor is a scalar on a GPU too.
-A GPU lease is 15 minutes (results/benchmarks.md); such a fault must show up here, not there. The last two
+  copy from the host on every step. A 0-dim host tensor is a scalar on a GPU too;
+- any host tensor of one or more dimensions sent to the device (`.to(device)`): a copy from the host.
+A GPU lease is 15 minutes (results/benchmarks.md); such a fault must show up here, not there. The last three
 tests plant each fault and check that it is caught.
 """
 from __future__ import annotations
+
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -35,12 +38,14 @@ BATCH = 8
 
 
 class HostTensorCheck(TorchDispatchMode):
-    """Fails any op that reads a device value back (.item(), .tolist(), .cpu()) or takes a host tensor of one or
-    more dimensions together with a meta (device) tensor."""
+    """Fails any op that reads a device value back (.item(), .tolist(), .cpu()), takes a host tensor of one or
+    more dimensions together with a meta (device) tensor, or sends such a host tensor to the device."""
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        if kwargs.get("device") == META and any(t.device.type == "cpu" and t.dim() > 0 for t in tensors):
+            raise RuntimeError(f"{func} sends a host tensor to the device")
         if any(t.device == META for t in tensors):
             if func is torch.ops.aten._local_scalar_dense.default or kwargs.get("device") == torch.device("cpu"):
                 raise RuntimeError(f"{func} reads a device value back to the host")
@@ -82,8 +87,9 @@ def train_and_evaluate(pack: ModelPack, step: TrainStep, channels_last: bool) ->
     for _ in range(len(train)):
         with HostTensorCheck():
             x, y = next(batches)
-        # trainer.magnitude_stats_every: outside the step; each recorded step sends K step sizes from the host.
-        stats.before_step([step.optimizer.lr(k) for k in range(pack.size)])
+        # trainer.magnitude_stats_every: outside the step, on the device too (a fallback member's lr is the host's).
+        with HostTensorCheck() if not step.optimizer.fallback else nullcontext():
+            stats.before_step(step.optimizer.step_sizes())
         with HostTensorCheck():
             step(x, y)
             stats.after_step()
@@ -135,4 +141,13 @@ def test_a_value_read_back_inside_the_step_is_caught(monkeypatch):
             raise AssertionError("unreachable")
     monkeypatch.setattr(optimizer, "_update", reads_back)
     with pytest.raises(RuntimeError, match="reads a device value back to the host"):
+        train_and_evaluate(pack, step, False)
+
+
+def test_a_host_tensor_sent_to_the_device_is_caught(monkeypatch):
+    pack, optimizer, step = meta_pack("loop", False, False, MEMBERS[:3])
+    # What trainer.magnitude_stats_every did before PackOptimizer.step_sizes: K host values sent each recorded step.
+    monkeypatch.setattr(optimizer, "step_sizes", lambda: torch.tensor([optimizer.lr(k) for k in range(pack.size)],
+                                                                      dtype=torch.float64).to(META))
+    with pytest.raises(RuntimeError, match="sends a host tensor to the device"):
         train_and_evaluate(pack, step, False)

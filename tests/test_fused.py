@@ -81,8 +81,17 @@ def fused_run(members, grads_per_member, device, dtype, steps=None):
         for net, grads in zip(nets, grads_per_member):
             for p, g in zip(net.parameters(), grads[step]):
                 p.grad.copy_(g)  # the member's .grad is its view of the pack's gradient buffer
+        assert_step_sizes_are_the_lrs(pack_opt)
         pack_opt.step()
     return pack, pack_opt
+
+
+def assert_step_sizes_are_the_lrs(pack_opt: PackOptimizer) -> None:
+    """The device-made step sizes (trainer.magnitude_stats_every) are each member's lr for the next step."""
+    got = pack_opt.step_sizes()
+    assert got.device == pack_opt.t.device and got.dtype == torch.float64
+    want = torch.tensor([pack_opt.lr(k) for k in range(pack_opt.pack.size)], dtype=torch.float64)
+    torch.testing.assert_close(got.cpu(), want, rtol=1e-15, atol=0)
 
 
 def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -265,6 +274,7 @@ def test_a_foreign_optimizer_class_steps_on_its_own_beside_fused_members():
         for net, g in zip(nets, grads):
             for p, gk in zip(net.parameters(), g[step]):
                 p.grad.copy_(gk)
+        assert_step_sizes_are_the_lrs(pack_opt)
         pack_opt.step()
     model = build(1, "cpu", torch.float64)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)

@@ -43,7 +43,7 @@ def test_counts_and_relative_updates_equal_a_direct_computation(pack):
     stats = layer_stats.LayerStats(pack, every=1)
     lrs = [1e-3, 4e-3]
     before = pack.flat_params.clone()
-    stats.before_step(lrs)
+    stats.before_step(torch.tensor(lrs, dtype=torch.float64))
     with torch.no_grad():  # an update of its own shape per member: -lr * g, plus a decay
         pack.flat_params.mul_(1 - 1e-2).sub_(torch.tensor(lrs, dtype=torch.float64)[:, None] * pack.flat_grads)
     stats.after_step()
