@@ -10,13 +10,19 @@ from there (`handing_over`).
 
 interrupts_held() does the same for Ctrl-C around an epoch's bookkeeping, so that its files and its
 W&B step are written together.
+
+stop_with_parent() leaves the same notice in a joblib worker (launcher=joblib) whose sweep driver is gone:
+loky passes no signal on to its workers, so a driver stopped with SIGTERM or SIGKILL would otherwise leave
+them training their runs to the end, holding the cores a restarted sweep needs.
 """
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import signal
 import threading
+import time
 from contextlib import contextmanager
 from typing import Callable, Iterator, TypeVar
 
@@ -28,18 +34,51 @@ class Preempted(KeyboardInterrupt):
     """A preemption or timeout notice arrived; the runs resume from their last epoch checkpoint."""
 
 
-_noticed = False
+PREEMPTED = "preempted: resuming from the last epoch checkpoint when requeued"
+_noticed: str | None = None  # why training stops at the next step, once a notice has come
+_parent_watched = False
+_parent_gone = False
 
 
 def _notice(signum, frame) -> None:
     global _noticed
-    _noticed = True
+    _noticed = PREEMPTED
 
 
 def stop_if_noticed() -> None:
     """Called between steps: a plain module-global read, no device work."""
     if _noticed:
-        raise Preempted("preempted: resuming from the last epoch checkpoint when requeued")
+        raise Preempted(_noticed)
+
+
+def stop_with_parent(poll_s: float = 1.0) -> bool:
+    """In a process that multiprocessing started (a loky worker of launcher=joblib), a daemon thread watches the
+    parent (the sweep's driver); once it has ended, training stops at its next step, as for a preemption notice,
+    and the runs are recorded as interrupted, to resume when the sweep is run again. Nothing is added to the step.
+    The thread polls the parent pid every `poll_s` seconds: an orphan is handed to another parent (init or a
+    subreaper), and loky's workers have no parent sentinel to wait on. Once per process; False (nothing started)
+    in a process of its own."""
+    global _parent_watched
+    if multiprocessing.parent_process() is None or _parent_watched:
+        return _parent_watched
+    _parent_watched = True
+    threading.Thread(target=_watch_parent, args=(os.getppid(), poll_s), daemon=True, name="dnm-parent-watch").start()
+    return True
+
+
+def parent_gone() -> bool:
+    """Whether stop_with_parent's watch has seen the parent end: nothing is left to hand this process's result to."""
+    return _parent_gone
+
+
+def _watch_parent(pid: int, poll_s: float) -> None:
+    global _noticed, _parent_gone
+    while os.getppid() == pid:
+        time.sleep(poll_s)
+    _parent_gone = True
+    _noticed = (f"the sweep's driver process (pid {pid}) is gone: run the sweep again to resume from the last "
+                "epoch checkpoint")
+    log.warning("%s; stopping between two steps", _noticed)
 
 
 def notice_signal() -> signal.Signals:
@@ -51,7 +90,7 @@ def notice_signal() -> signal.Signals:
 def deferred(signum: int) -> Iterator:
     """Inside, `signum` only leaves a notice; yields the handler it replaced, restored on the way out."""
     global _noticed
-    _noticed = False
+    _noticed = None
     previous = signal.signal(signum, _notice)
     try:
         yield previous

@@ -47,6 +47,7 @@ def main(cfg: DictConfig) -> float | None:
     run_dir = Path(hc.runtime.output_dir)
     run_name = hc.job.override_dirname or "default"
     multirun = hc.mode == RunMode.MULTIRUN
+    preemption.stop_with_parent()  # a joblib worker stops training when its sweep's driver is gone
     try:
         def train() -> dict:
             return train_run(cfg, run_dir, run_name, base_dir=hc.runtime.cwd)
@@ -54,6 +55,11 @@ def main(cfg: DictConfig) -> float | None:
         # A run as a submitit job (launcher=slurm, submitit_local) stops for preemption between two steps.
         summary = preemption.handing_over(train, run_name) if preemption.in_submitit_job() else train()
     except KeyboardInterrupt:
+        if preemption.parent_gone():
+            # The runs are recorded as interrupted; with the driver gone no one waits for this worker's result, and
+            # loky would keep the process idle until its worker timeout: end it now.
+            logging.shutdown()
+            os._exit(1)
         raise
     except RunLocked as exc:  # another launch of the same run: leave it to that one, no failure of this launch
         if multirun:

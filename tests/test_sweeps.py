@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from cli import REPO, run_cli, sbatch_script
+from cli import REPO, cli_env, run_cli, sbatch_script, wait_for
 from hydra import compose, initialize_config_dir
 
 TINY = ["data=synthetic", "data.train_size=128", "data.test_size=64", "trainer.batch_size=64", "trainer.epochs=1",
@@ -104,6 +108,49 @@ def test_a_sweep_of_other_processes_exits_1_and_names_its_failed_run(tmp_path, l
     # The same sweep without the failing point: nothing failed in this launch, exit 0.
     run_cli(["-m", *TINY, f"launcher={launcher}", "optimizer=adamw", "optimizer.weight_decay=1e-4",
              f"hydra.sweep.dir={sweep}"], timeout=900)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_a_joblib_worker_stops_its_run_when_the_sweep_driver_is_killed(tmp_path, signum):
+    """A signal to a joblib sweep's driver alone (kill, kill -9, pkill -f): loky passes none on to its workers,
+    which must not go on training alone. Each stops between two steps, records its run as interrupted (to resume
+    when the sweep is run again) and exits, releasing the run's lock."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", "data=synthetic", "data.train_size=256", "data.test_size=32", "trainer.batch_size=32",
+            "trainer.epochs=5000", "logger=none", "model.depth=8", "launcher=joblib", "hydra.launcher.n_jobs=2",
+            "optimizer=adamw,adamp", f"hydra.sweep.dir={sweep}"]  # 5000 epochs: minutes of training left at the kill
+    driver = subprocess.Popen([sys.executable, "-m", "experiments.train", *args], cwd=REPO,
+                              env=cli_env(tmp_path, OMP_NUM_THREADS="1"), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    workers: list[int] = []
+    try:
+        wait_for(lambda: sum(len(p.read_text().splitlines()) >= 3 for p in sweep.glob("*/metrics.csv")) == 2, 300,
+                 "two epochs of both runs")
+        run_dirs = sorted(p.parent for p in sweep.glob("*/metrics.csv"))
+        workers = [json.loads((d / ".lock").read_text())["pid"] for d in run_dirs]
+        assert driver.pid not in workers and len(set(workers)) == 2  # two loky workers
+        driver.send_signal(signum)
+        driver.wait(60)
+        wait_for(lambda: not any(_alive(pid) for pid in workers), 120, "the workers to stop")
+    finally:
+        for pid in (driver.pid, *workers):
+            if _alive(pid):
+                os.kill(pid, 9)
+    for run_dir in run_dirs:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["status"] == "interrupted" and 2 <= summary["epochs_completed"] < 5000, summary
+        assert "resume" in summary["error"]
+        assert not (run_dir / ".lock").exists()
+        log = "".join(p.read_text() for p in run_dir.glob("*.log"))
+        assert f"driver process (pid {driver.pid}) is gone" in log, log[-2000:]
 
 
 def test_submitit_local_sweep_really_runs(tmp_path):
