@@ -7,6 +7,10 @@ report in memory; joblib's and submitit's run in other processes, even on other 
 failure is also written as a file under the sweep folder, in a folder of this launch's own
 (DNM_SWEEP_FAILURES, which those processes inherit), and read back here. The packed launcher
 reports its packs' failures itself.
+
+While a job trains it also leaves a marker there (`in_flight`): a joblib worker killed mid-run (out of
+memory, kill -9) cannot report, and the joblib launcher (hydra_plugins/dnm_packed_launcher/joblib_jobs.py)
+finds the runs it was training by their markers.
 """
 from __future__ import annotations
 
@@ -15,8 +19,9 @@ import os
 import shutil
 import sys
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
@@ -38,6 +43,27 @@ def record(run_name: str, message: str) -> None:
             run_files.write_json(Path(folder) / name, {"run": run_name, "error": message})
         except OSError:
             pass  # the run's own summary.json and log still say it
+
+
+def in_flight_marker(folder: str | os.PathLike, job_num: int) -> Path:
+    return Path(folder) / "in_flight" / f"{job_num}.json"
+
+
+@contextmanager
+def in_flight(run_name: str, run_dir: Path, job_num: int) -> Iterator[None]:
+    """While the block runs, a marker naming this job's run in this launch's folder (none outside a sweep)."""
+    folder = os.environ.get(FAILURES_ENV)
+    marker = in_flight_marker(folder, job_num) if folder else None
+    if marker is not None:
+        try:
+            run_files.write_json(marker, {"run": run_name, "run_dir": str(run_dir), "pid": os.getpid()})
+        except OSError:
+            marker = None  # the run's own records still say what happened to it
+    try:
+        yield
+    finally:
+        if marker is not None:
+            marker.unlink(missing_ok=True)
 
 
 def _reported(folder: Path | None) -> list[tuple[str, str]]:

@@ -53,7 +53,8 @@ def main(cfg: DictConfig) -> float | None:
             return train_run(cfg, run_dir, run_name, base_dir=hc.runtime.cwd)
 
         # A run as a submitit job (launcher=slurm, submitit_local) stops for preemption between two steps.
-        summary = preemption.handing_over(train, run_name) if preemption.in_submitit_job() else train()
+        with sweep_report.in_flight(run_name, run_dir, hc.job.num if multirun else 0):
+            summary = preemption.handing_over(train, run_name) if preemption.in_submitit_job() else train()
     except KeyboardInterrupt:
         if preemption.parent_gone():
             # The runs are recorded as interrupted; with the driver gone no one waits for this worker's result, and

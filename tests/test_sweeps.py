@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -151,6 +152,53 @@ def test_a_joblib_worker_stops_its_run_when_the_sweep_driver_is_killed(tmp_path,
         assert not (run_dir / ".lock").exists()
         log = "".join(p.read_text() for p in run_dir.glob("*.log"))
         assert f"driver process (pid {driver.pid}) is gone" in log, log[-2000:]
+
+
+def test_a_killed_joblib_worker_fails_its_run_and_the_rest_of_the_sweep_goes_on(tmp_path):
+    """A worker killed mid-run (the out-of-memory killer, kill -9) breaks joblib's pool: the runs it and the pool
+    were training are marked failed in one line, every run not yet started still runs, the sweep exits 1 naming
+    the killed run, and the same command again resumes it from its checkpoint."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", "data=synthetic", "data.train_size=256", "data.test_size=32", "trainer.batch_size=32",
+            "trainer.epochs=40", "logger=none", "model.depth=8", "launcher=joblib", "hydra.launcher.n_jobs=2",
+            "optimizer=adamw,adamp", "optimizer.lr=1e-3,2e-3,3e-3", f"hydra.sweep.dir={sweep}"]
+    env = cli_env(tmp_path, OMP_NUM_THREADS="1")
+    driver = subprocess.Popen([sys.executable, "-m", "experiments.train", *args], cwd=REPO, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def training():
+            return [p.parent for p in sweep.glob("*/metrics.csv") if len(p.read_text().splitlines()) >= 3
+                    and not summaries_of(p.parent).get("status") == "finished"]
+        wait_for(lambda: training(), 300, "a run's second epoch")
+        killed = training()[0]
+        os.kill(json.loads((killed / ".lock").read_text())["pid"], signal.SIGKILL)
+        out, err = driver.communicate(timeout=600)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 1, err[-3000:]
+    runs = summaries(sweep)
+    assert len(runs) == 6
+    statuses = Counter(s["status"] for s in runs.values())
+    assert statuses["failed"] in (1, 2) and statuses["finished"] == 6 - statuses["failed"], statuses
+    assert runs[killed.name]["status"] == "failed" and "joblib worker was killed" in runs[killed.name]["error"]
+    assert "exit codes {SIGKILL(-9)}" in runs[killed.name]["error"]
+    # (After the report, multiprocessing's resource tracker may warn of the killed worker's semaphores.)
+    lines = err.strip().splitlines()
+    assert any(line.startswith(f"error: {statuses['failed']} runs of this sweep could not train") for line in lines)
+    assert any(line.startswith(f"error: {killed.name}: its joblib worker was killed") for line in lines)
+    assert "Traceback" not in err
+    assert not list((sweep / ".failures").glob("*/in_flight/*.json"))
+    # Run again: the finished runs are skipped, the failed ones resume from their last epoch checkpoint.
+    again = run_cli(args, env=env, timeout=600)
+    assert (again.stdout + again.stderr).count("already finished") == statuses["finished"]
+    assert "resuming after epoch" in (killed / "train.log").read_text()
+    assert {s["status"] for s in summaries(sweep).values()} == {"finished"}
+
+
+def summaries_of(run_dir: Path) -> dict:
+    path = run_dir / "summary.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def test_submitit_local_sweep_really_runs(tmp_path):

@@ -1,4 +1,5 @@
-"""Hydra launcher `packed`: trains a sweep's grid points in packs, in this process or one submitit job per pack.
+"""Hydra launchers `packed` (trains a sweep's grid points in packs, in this process or one submitit job per pack)
+and `joblib` (hydra-joblib-launcher's, surviving a killed worker: joblib_jobs.py).
 
 Hydra only instantiates launchers defined under the `hydra_plugins` namespace package. The
 distribution installs this folder as `hydra_plugins.dnm_packed_launcher` (pyproject.toml maps it;
@@ -14,6 +15,7 @@ from typing import Optional, Sequence
 from hydra.core.utils import JobReturn
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
+from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher as _HydraJoblibLauncher
 from omegaconf import DictConfig
 
 
@@ -49,3 +51,13 @@ class PackedLauncher(Launcher):
         from hydra_plugins.dnm_packed_launcher import jobs
 
         return jobs.launch(self, job_overrides, initial_job_idx)
+
+
+class JoblibLauncher(_HydraJoblibLauncher):
+    """launcher=joblib: hydra-joblib-launcher with its settings, except that a worker killed mid-run (out of
+    memory, kill -9) leaves its run marked failed and the rest of the sweep goes on (joblib_jobs.py)."""
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from hydra_plugins.dnm_packed_launcher import joblib_jobs
+
+        return joblib_jobs.launch(self, job_overrides, initial_job_idx)
