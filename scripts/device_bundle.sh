@@ -4,8 +4,9 @@
 #                           the JPEGs share their headers; scripts/dataset_archive.py); datasets/ is git-ignored.
 #                           device_check.sh unpacks it there, once per machine
 #   .whl/                   wheels of the Python packages that machine lacks (hydra-core, omegaconf, antlr4, the
-#                           joblib launcher), for its Python 3.12; .whl/ is git-ignored. wandb does not fit the
-#                           64 MiB that travel, so runs there use logger=none.
+#                           joblib launcher, and joblib: launcher=joblib needs 1.4, the image's may be older), for
+#                           its Python 3.12; .whl/ is git-ignored. wandb does not fit the 64 MiB that travel, so
+#                           runs there use logger=none.
 #   .whl/source_stamp.json  HEAD's commit and file hashes (scripts/source_stamp.py): the copy sent there has no
 #                           git history of its own, so this is how its results name the commit. Run this
 #                           script again after every commit that is to run there.
@@ -26,7 +27,7 @@ fi
 mkdir -p .whl
 # Pure-Python packages: any platform's wheel works there.
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation py -d .whl \
-    hydra-core==1.3.2 omegaconf==2.3.0 hydra-joblib-launcher==1.2.0
+    hydra-core==1.3.2 omegaconf==2.3.0 hydra-joblib-launcher==1.2.0 joblib==1.6.0
 # antlr4's runtime (needed by omegaconf) is published as a source archive only: build its wheel here.
 ls .whl/antlr4_python3_runtime-4.9.3-*.whl >/dev/null 2>&1 || "$PY" -m pip wheel -q --no-deps -w .whl antlr4-python3-runtime==4.9.3
 "$PY" scripts/source_stamp.py write .whl/source_stamp.json
