@@ -126,7 +126,8 @@ def method_columns(df: pd.DataFrame, exclude: tuple[str, ...] = (), split_by: tu
 
 def check_cells(df: pd.DataFrame, split_by: tuple[str, ...] = ()) -> None:
     """MixedCell unless the completed runs of every method's lr x wd cell (those its mean averages) differ in
-    nothing but the seed, and no seed of one setting comes twice (a run collected from two places).
+    nothing but the seed, no seed of one setting comes twice (a run collected from two places), and the cells
+    of each method's grid differ in nothing but lr and weight decay.
 
     With collect.py's config_id, any difference counts (every key that changes a run's result); a CSV
     without it must at least have CORE_COLUMNS, and is checked on the columns it has. Runs that did not
@@ -158,9 +159,24 @@ def check_cells(df: pd.DataFrame, split_by: tuple[str, ...] = ()) -> None:
         differing = [c for c in identity_columns(known) if c not in keys and known[c].nunique(dropna=False) > 1]
         if id_column is None and not differing:
             continue
-        what = "; ".join(f"{c} ({', '.join(map(str, sorted(known[c].astype(str).unique())))})" for c in differing[:3])
-        raise MixedCell(f"the cell {where} holds runs that differ in more than the seed: {what or 'config_id'}; keep "
-                        f"them apart with --split-by {','.join(differing[:3]) or 'KEY'}, or collect them separately")
+        raise MixedCell(f"the cell {where} holds runs that differ in more than the seed: "
+                        f"{_values(known, differing) or 'config_id'}; keep them apart with --split-by "
+                        f"{','.join(differing[:3]) or 'KEY'}, or collect them separately")
+    # The cells of one panel are compared with each other (best configuration, decoupling), so they too may
+    # differ in nothing but lr and weight decay: rows trained on other data or in another precision are no grid.
+    panel_keys = keys[:-2]
+    for key, panel in placed.groupby(panel_keys, dropna=False):
+        differing = [c for c in identity_columns(panel) if c not in keys and panel[c].nunique(dropna=False) > 1]
+        if differing:
+            where = ", ".join(f"{k}={v}" for k, v in zip(panel_keys, key if isinstance(key, tuple) else (key,)))
+            raise MixedCell(f"the lr x weight-decay grid of {where} holds runs that differ in more than lr, weight "
+                            f"decay and the seed: {_values(panel, differing)}; draw them as separate grids with "
+                            f"--split-by {','.join(differing[:3])}, or collect them separately")
+
+
+def _values(runs: pd.DataFrame, columns: list[str]) -> str:
+    """'key (a, b); key2 (c, d)' for the first three columns: the values that set the runs apart."""
+    return "; ".join(f"{c} ({', '.join(map(str, sorted(runs[c].astype(str).unique())))})" for c in columns[:3])
 
 
 def _matches(series: pd.Series, value) -> pd.Series:

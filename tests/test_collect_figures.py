@@ -527,6 +527,32 @@ def test_figures_refuse_to_average_runs_that_differ_in_more_than_the_seed(tmp_pa
     assert len(scores) == 2  # AdamW with and without the exclusion: two methods
 
 
+def test_a_grid_whose_rows_differ_in_more_than_lr_is_refused(tmp_path, capsys):
+    """Every cell is uniform, but AdamW's lr 1e-2 row ran in bf16: its cells would be compared with fp32 ones
+    (best configuration, decoupling, the claims) as one grid."""
+    import claims
+
+    sweep = tmp_path / "sweep"
+    fake_runs.write_fake_sweep(sweep, lrs=(1e-3, 1e-2), wds=(1e-4, 1e-3), seeds=(0, 1))
+    for summary_file in sweep.glob("*/summary.json"):
+        summary = json.loads(summary_file.read_text())
+        bf16 = summary["hparams"]["optimizer"] == "adamw" and summary["hparams"]["lr"] == 1e-2
+        summary["hparams"]["trainer.precision"] = "bf16" if bf16 else "fp32"
+        summary_file.write_text(json.dumps(summary))
+    out = tmp_path / "r.csv"
+    assert collect.main([str(sweep), "-o", str(out)]) == 0
+    capsys.readouterr()
+    assert figures.main([str(out), "-o", str(tmp_path / "figs")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "grid of optimizer=adamw holds runs that differ in more than lr, weight decay and " \
+        "the seed: trainer.precision (bf16, fp32)" in err[0], err
+    assert not (tmp_path / "figs").exists(), "nothing is drawn from a mixed grid"
+    assert claims.main([str(out)]) == 1
+    assert "trainer.precision (bf16, fp32)" in capsys.readouterr().err
+    assert figures.main([str(out), "-o", str(tmp_path / "figs"), "--split-by", "trainer.precision"]) == 0
+    assert len(pd.read_csv(tmp_path / "figs" / "decoupling.csv")) == 3  # AdamW bf16, AdamW fp32, AdamP
+
+
 def test_a_results_csv_that_cannot_tell_runs_apart_is_refused(tmp_path, capsys):
     df = pd.DataFrame({"run_dir": ["a", "b"], "optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-4, "seed": 0,
                        "status": "finished", "final_test_acc": [0.9, 0.2]})  # BN on and off, but no column says so
