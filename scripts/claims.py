@@ -113,11 +113,16 @@ class Grid:
         self.seeds = sorted(self.runs["seed"].dropna().unique()) if "seed" in self.runs else [0]
 
     def per_seed(self, metric: str) -> pd.DataFrame:
-        """rows: seed, columns: (lr, wd); NaN where the run diverged or is missing."""
+        """rows: seed, columns: (lr, wd); NaN where the run is missing, and in every seed of a cell where one
+        diverged: as in the figures (figure_lib.HeatmapTable.selectable), such a cell is never best nor among the
+        high-accuracy ones on the seeds that survived."""
         ok = self.runs[self.runs["status"] == "finished"]
         seed = ok["seed"] if "seed" in ok else 0
-        return ok.assign(seed=seed).pivot_table(index="seed", columns=["lr", "weight_decay"], values=metric,
-                                                aggfunc="first")
+        table = ok.assign(seed=seed).pivot_table(index="seed", columns=["lr", "weight_decay"], values=metric,
+                                                 aggfunc="first")
+        diverged = self.runs[self.runs["status"] == "diverged"]
+        struck = set(zip(diverged["lr"], diverged["weight_decay"]))
+        return table.loc[:, [cell not in struck for cell in table.columns]]
 
     def mean(self, metric: str) -> pd.Series:
         return self.per_seed(metric).mean(axis=0)
@@ -164,7 +169,14 @@ def _two_grids(df, label, claim, rule, a, b) -> tuple[Grid, Grid] | Verdict:
         return _missing(claim, rule, [lib.display_name(m) for m, g in ((a, ga), (b, gb)) if g is None], label)
     if why := _incomplete([ga, gb]):
         return Verdict(claim, rule, "", UNJUDGED, why)
+    if why := _nothing_selectable([ga, gb]):
+        return Verdict(claim, rule, "", UNJUDGED, why)
     return ga, gb
+
+
+def _nothing_selectable(grids: list[Grid]) -> str:
+    empty = [g.name for g in grids if g.mean("final_test_acc").dropna().empty]
+    return f"every cell of {' and '.join(empty)} has a seed that diverged or no finished run" if empty else ""
 
 
 def _paired(a: pd.Series, b: pd.Series) -> pd.Series:
@@ -238,7 +250,7 @@ def best_at(df, label, settings, methods, key, value, claim, rule_what) -> Verdi
     grids = [g for g in (_grid(df, m, label) for m in methods) if g is not None]
     if not grids:
         return _missing(claim, rule, [lib.display_name(m) for m in methods], label)
-    if why := _incomplete(grids):
+    if why := _incomplete(grids) or _nothing_selectable(grids):
         return Verdict(claim, rule, "", UNJUDGED, why)
     what = "lr" if key == "lr" else "weight decay"
     if any(g.runs[key].nunique() < 2 for g in grids):

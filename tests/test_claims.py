@@ -89,6 +89,26 @@ def test_a_grid_with_an_incomplete_run_cannot_be_judged():
     assert same.verdict == claims.UNJUDGED and "did not complete (AdamW without BN: 1)" in same.why
 
 
+def test_a_cell_where_a_seed_diverged_is_never_best_nor_high_accuracy():
+    """As in the figures: AdamW's (1e-2, 1e-4) is the best cell on the two seeds that survived, but seed 2
+    diverged there, so the claims judge AdamW at its best cell without a divergence (lr 1e-3)."""
+    df = post_grid()
+    cell = (df["optimizer"] == "adamw") & (df["lr"] == 1e-2) & (df["weight_decay"] == 1e-4)
+    df.loc[cell, "final_test_acc"] = 0.95
+    df.loc[cell & (df["seed"] == 2), ["status", "final_test_acc", "final_model_norm"]] = ["diverged", np.nan, np.nan]
+    v = by_claim(claims.judge(df))
+    same = v["AdamW and AdamP reach about the same best accuracy without BN"]
+    assert same.numbers.startswith("AdamW without BN 80.0% (lr 1e-3, wd 1e-4)"), same.numbers
+    assert v["The best configurations all have lr 1e-3 without BN"].verdict == claims.HOLDS
+    assert "over 2 cells" in v[NORM_CLAIM].numbers.split(" vs ")[1]  # AdamW's two lr 1e-3 cells, not the struck one
+
+    df.loc[df["optimizer"] == "adamw", ["status", "final_test_acc"]] = ["diverged", np.nan]
+    v = by_claim(claims.judge(df))
+    for claim in ("AdamW and AdamP reach about the same best accuracy without BN",
+                  "The best configurations all have lr 1e-3 without BN", NORM_CLAIM):
+        assert v[claim].verdict == claims.UNJUDGED and "every cell of AdamW without BN" in v[claim].why, v[claim]
+
+
 def test_only_one_learning_row_cannot_judge_decoupling():
     df = post_grid()
     df.loc[df["lr"] == 1e-2, "final_test_acc"] = 0.1
