@@ -110,6 +110,7 @@ class Grid:
         self.all = runs
         self.runs = lib.completed_runs(runs)
         self.incomplete = int((~runs["status"].isin(lib.COMPLETE_STATUSES)).sum())
+        self.absent = int(lib.absent_seeds(runs).map(len).sum())  # runs of no status at all: no folder, no row
         self.seeds = sorted(self.runs["seed"].dropna().unique()) if "seed" in self.runs else [0]
 
     def per_seed(self, metric: str) -> pd.DataFrame:
@@ -154,7 +155,10 @@ def _missing(claim: str, rule: str, names: list[str], label: str) -> Verdict:
 
 def _incomplete(grids: list[Grid]) -> str:
     broken = [f"{g.name}: {g.incomplete}" for g in grids if g.incomplete]
-    return f"runs that did not complete ({', '.join(broken)}); rerun or collect them first" if broken else ""
+    absent = [f"{g.name}: {g.absent}" for g in grids if g.absent]
+    why = [f"runs that did not complete ({', '.join(broken)})"] if broken else []
+    why += [f"cells with a seed absent that the method's other cells have ({', '.join(absent)})"] if absent else []
+    return f"{'; '.join(why)}; rerun or collect them first" if why else ""
 
 
 def _same_update_note(best_a, best_b) -> str:

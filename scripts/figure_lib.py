@@ -268,7 +268,8 @@ class HeatmapTable:
 
     mean and std are over the seeds that did not diverge; n_runs counts completed runs
     (finished or diverged), n_diverged the diverged ones, n_incomplete the runs of the cell that did
-    not complete (running, interrupted, failed, unreadable, missing).
+    not complete (running, interrupted, failed, unreadable, missing), n_absent the seeds of the method
+    that a cell holding runs has no run of at all (absent_seeds).
     """
 
     mean: pd.DataFrame
@@ -276,6 +277,7 @@ class HeatmapTable:
     n_runs: pd.DataFrame
     n_diverged: pd.DataFrame
     n_incomplete: pd.DataFrame
+    n_absent: pd.DataFrame
 
     @property
     def lrs(self) -> list[float]:
@@ -292,7 +294,7 @@ class HeatmapTable:
 
     @property
     def incomplete(self) -> pd.DataFrame:
-        return self.n_incomplete > 0
+        return (self.n_incomplete > 0) | (self.n_absent > 0)
 
     @property
     def all_diverged(self) -> pd.DataFrame:
@@ -334,7 +336,20 @@ def heatmap_table(runs: pd.DataFrame, column: str) -> HeatmapTable:
         n_runs=grid(runs.groupby(cells).size()).fillna(0).astype(int),
         n_diverged=grid(runs[diverged].groupby(cells).size()).fillna(0).astype(int),
         n_incomplete=grid(unfinished.groupby(cells).size()).fillna(0).astype(int),
+        n_absent=grid(absent_seeds(every).map(len)).fillna(0).astype(int),
     )
+
+
+def absent_seeds(runs: pd.DataFrame) -> pd.Series:
+    """Per (lr, wd) cell that holds a run of one method (complete or not): the seeds the method has elsewhere in
+    its grid and the cell has no run of (a run folder removed, never brought home, or a job never started);
+    empty tuples where none is absent. A cell without any run is 'no run', not counted here."""
+    every = runs.dropna(subset=["lr", "weight_decay"])
+    if "seed" not in every.columns or every.empty:
+        return pd.Series(dtype=object)
+    seeds = set(every["seed"].dropna())
+    held = every.groupby(["lr", "weight_decay"])["seed"].agg(lambda s: set(s.dropna()))
+    return held.map(lambda have: tuple(sorted(seeds - have)))
 
 
 def best_config(table: HeatmapTable, higher_is_better: bool = True) -> tuple[float, float] | None:

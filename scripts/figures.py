@@ -14,10 +14,12 @@ notebook's backend or pile up in pyplot's figure list.
 
 Runs are averaged in one cell only when they differ in nothing but the seed: a cell whose runs differ
 in any setting that changes a result (collect.py's config_id; the columns say which) is an error that
-names the keys; --split-by KEY,... draws such runs as separate methods instead. Runs that did not
+names the keys; --split-by KEY,... draws such runs as separate methods instead. So is a method's grid whose
+cells differ in more than lr and weight decay (figure_lib.check_cells). Runs that did not
 complete (failed, unreadable, still running, or missing: listed in the sweep's expected_runs.json
 but not run yet) are counted in their cells and drawn framed in red, a
-cell with no completed run hatched red, apart from "—" (no run); the figures are written, and the
+cell with no completed run hatched red, apart from "—" (no run); so is a cell without any run of a seed
+the method's other cells have ("k seeds absent"). The figures are written, and the
 command then exits 1 unless --allow-incomplete.
 
 Weight-decay axis: every panel's columns are the weight decays as swept, in the optimizer's own
@@ -115,24 +117,27 @@ def _metric_title(column: str) -> str:
 def cell_text(table: lib.HeatmapTable, i: int, j: int, column: str,
               converted_wd: float | None = None) -> str:
     """What cell (lr row i, wd column j) says: '—' (no run), 'k incomplete', 'div', or
-    'mean\\n±std[\\nk/n div][\\nk incomplete][\\nλ=..]'."""
+    'mean\\n±std[\\nk/n div][\\nk incomplete][\\nk seeds absent][\\nλ=..]'."""
     n, n_div = int(table.n_runs.iat[i, j]), int(table.n_diverged.iat[i, j])
-    n_inc = int(table.n_incomplete.iat[i, j])
-    if n == 0:
-        return "—" if n_inc == 0 else f"{n_inc} incomplete"
-    if n_div == n:
-        lines = ["div" if n == 1 else f"{n}/{n} div"]
-    else:
+    n_inc, n_absent = int(table.n_incomplete.iat[i, j]), int(table.n_absent.iat[i, j])
+    if n == 0 and n_inc == 0:
+        return "—"
+    lines = []
+    if n and n_div == n:
+        lines.append("div" if n == 1 else f"{n}/{n} div")
+    elif n:
         scale = _scale(column)
         mean = table.mean.iat[i, j]
-        lines = ["n/a" if math.isnan(mean) else _format_value(mean * scale, column)]
+        lines.append("n/a" if math.isnan(mean) else _format_value(mean * scale, column))
         if n - n_div > 1 and not math.isnan(table.std.iat[i, j]):
             lines.append(f"±{_format_value(table.std.iat[i, j] * scale, column)}")
         if n_div:
             lines.append(f"{n_div}/{n} div")
     if n_inc:
         lines.append(f"{n_inc} incomplete")
-    if converted_wd is not None:
+    if n_absent:
+        lines.append(f"{n_absent} seed{'s' if n_absent > 1 else ''} absent")
+    if converted_wd is not None and n:
         lines.append(f"λ={lib.format_hparam(converted_wd)}")
     return "\n".join(lines)
 
@@ -188,7 +193,8 @@ def heatmap_caption(df: pd.DataFrame, column: str, wd_convention: str,
              "Hatched grey 'div' = every seed diverged; 'k/n div' = k of n seeds diverged; '—' = no run; "
              "red dashed frame 'k incomplete' = k runs of the cell did not complete (failed, unreadable, running, "
              "missing: not run yet) "
-             "and are not in its mean."]
+             "and are not in its mean; 'k seeds absent' = k seeds the method has elsewhere in its grid have no run "
+             "in the cell at all."]
     if wd_convention != "native":
         lines.append(f"Columns: weight decay as swept, in each optimizer's own convention; λ in a cell = "
                      f"the same decay in the {wd_convention} convention (λ_paper = lr·λ_torch).")
@@ -620,11 +626,15 @@ def incomplete_report(df: pd.DataFrame, curves: pd.DataFrame | None, metric: str
     belong in no cell (unreadable without a config), curves missing from a best configuration."""
     column = lib.metric_column(df, metric)
     lines = []
-    for key, table in heatmap_tables(df, column, split_by):
+    for key, runs in lib.split_methods(placed_runs(df), split_by=split_by):
+        table, absent = lib.heatmap_table(runs, column), lib.absent_seeds(runs)
         for lr, wd in table.incomplete.stack()[lambda v: v].index:
-            n = int(table.n_incomplete.loc[lr, wd])
-            lines.append(f"{lib.method_label(key)}, lr {lib.format_hparam(lr)}, wd {lib.format_hparam(wd)}: "
-                         f"{n} run(s) did not complete")
+            where = f"{lib.method_label(key)}, lr {lib.format_hparam(lr)}, wd {lib.format_hparam(wd)}"
+            if n := int(table.n_incomplete.loc[lr, wd]):
+                lines.append(f"{where}: {n} run(s) did not complete")
+            if seeds := absent.get((lr, wd)):
+                lines.append(f"{where}: no run of seed {', '.join(f'{s:g}' for s in seeds)} (the method's other "
+                             "cells have one): a run folder never written, removed, or not brought home")
     unplaced = df[df[["optimizer", "lr", "weight_decay"]].isna().any(axis=1)]
     for row in unplaced.itertuples():
         lines.append(f"{row.run_dir}: {row.status} and in no cell ({getattr(row, 'error', '')})")

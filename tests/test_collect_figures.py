@@ -611,6 +611,31 @@ def test_a_damaged_run_is_drawn_apart_from_no_run_and_fails_the_figures(tmp_path
     assert figures.main([str(out), "-o", str(figs), "--allow-incomplete"]) == 0
 
 
+def test_a_cell_with_a_seed_absent_is_marked_and_fails_the_figures(tmp_path, capsys):
+    """A run folder that is not there at all (removed, never brought home) leaves no row to mark: the cell is
+    still told apart from its neighbours, which have that seed."""
+    import shutil
+
+    import claims
+
+    sweep = tmp_path / "sweep"
+    fake_runs.write_fake_sweep(sweep, lrs=(1e-3, 1e-2), wds=(1e-4, 1e-3), seeds=(0, 1, 2))
+    shutil.rmtree(next(sweep.glob("optimizer=adamw,optimizer.lr=0.01,optimizer.weight_decay=0.0001,seed=1")))
+    out = tmp_path / "r.csv"
+    assert collect.main([str(sweep), "-o", str(out)]) == 0
+    capsys.readouterr()
+    assert figures.main([str(out), "-o", str(tmp_path / "figs")]) == 1
+    err = capsys.readouterr().err
+    assert "incomplete: AdamW, lr 1e-2, wd 1e-4: no run of seed 1 (the method's other cells have one)" in err
+    assert (tmp_path / "figs" / "heatmap_test_acc.png").is_file(), "the figures are drawn, marked"
+    tables = dict((k["optimizer"], t) for k, t in figures.heatmap_tables(figures.load_results(out), "final_test_acc"))
+    assert figures.cell_text(tables["adamw"], 1, 0, "final_test_acc").endswith("\n1 seed absent")
+    assert tables["adamw"].incomplete.to_numpy().sum() == 1 and not tables["adamp"].incomplete.to_numpy().any()
+    assert figures.main([str(out), "-o", str(tmp_path / "figs"), "--allow-incomplete"]) == 0
+    same = next(v for v in claims.judge(figures.load_results(out)) if v.claim.startswith("AdamW and AdamP reach"))
+    assert same.verdict == claims.UNJUDGED and "a seed absent" in same.why and "AdamW without BN: 1" in same.why
+
+
 def test_curves_without_a_plotted_metric_fail_the_figures(collected, tmp_path, capsys):
     out, results, curves, _ = collected
     target = tmp_path / "r.csv"
