@@ -275,10 +275,48 @@ def read_curves(run_dir: Path, row: dict) -> pd.DataFrame | None:
     missing = [c for c in CURVE_COLUMNS if c not in metrics.columns]
     if missing:
         raise SkippedRun(f"metrics.csv lacks {', '.join(missing)}")
+    if problem := curves_problem(metrics, row):
+        raise SkippedRun(f"metrics.csv {problem}")
     # metrics.csv has its own per-epoch "lr" (the scheduled lr); keep it apart from the swept lr.
     metrics = metrics.rename(columns={c: f"epoch_{c}" for c in metrics.columns if c in CURVE_ID_COLUMNS})
     ids = pd.DataFrame({c: [row.get(c)] * len(metrics) for c in CURVE_ID_COLUMNS}, index=metrics.index)
     return pd.concat([ids, metrics], axis=1)
+
+
+def curves_problem(metrics: pd.DataFrame, row: dict) -> str | None:
+    """Why a run's metrics.csv is not its whole history (None when it is): epochs not 1, 2, ..., another number
+    of epochs than its summary.json says for a run that ended, or a row with empty fields (a file cut off
+    mid-row). The trainer writes a row for every epoch with every field; only a diverged run's last may hold
+    non-finite values."""
+    epochs = pd.to_numeric(metrics["epoch"], errors="coerce")
+    if not epochs.tolist() == list(range(1, len(metrics) + 1)):
+        return "does not hold epochs 1, 2, ... in order"
+    done = row.get("epochs_completed")
+    if row.get("status") in ("finished", "diverged") and isinstance(done, (int, float)) and not math.isnan(done) \
+            and len(metrics) != int(done):
+        return f"holds {len(metrics)} epochs, summary.json {int(done)}"
+    whole = metrics.iloc[:-1] if row.get("status") == "diverged" else metrics
+    empty = whole[whole.isna().any(axis=1)]
+    if len(empty):
+        fields = [c for c in metrics.columns if empty[c].isna().any()]
+        return f"has empty fields at epoch {int(empty['epoch'].iloc[0])} ({', '.join(fields)}): cut off mid-row?"
+    return None
+
+
+def record_problem(row: dict) -> str | None:
+    """Why a summary.json that says "finished" cannot be the end of its run (None when it can): fewer epochs
+    than configured, or a final metric missing. The trainer never writes such a record; a damaged, stale or
+    hand-edited one would stand in a figure as a whole run."""
+    if row["status"] != "finished":
+        return None
+    done, epochs = row.get("epochs_completed"), row.get("epochs")
+    if isinstance(done, (int, float)) and isinstance(epochs, (int, float)) and done < epochs:
+        return f"summary.json says finished after {done:g} of {epochs:g} epochs"
+    lacking = [m for m in FINAL_METRICS if not isinstance(row.get(f"final_{m}"), (int, float))
+               or math.isnan(row[f"final_{m}"])]
+    if lacking:
+        return f"summary.json says finished but has no final {', '.join(lacking)}"
+    return None
 
 
 def _warn(message: str) -> None:
@@ -300,6 +338,12 @@ def collect_runs(sweep_dirs: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame,
         except SkippedRun as e:
             _warn(f"collect: cannot read {display_path(run_dir)}: {e}; marked {UNREADABLE}")
             rows.append(unreadable_row(run_dir, str(e)))
+            continue
+        if problem := record_problem(row):
+            _warn(f"collect: {row['run_dir']}: {problem}; marked {UNREADABLE} (move the folder away and run the "
+                  "sweep again to redo it)")
+            row.update(status=UNREADABLE, error=problem, curves="not read (damaged record)")
+            rows.append(row)
             continue
         rows.append(row)
         try:
@@ -491,6 +535,11 @@ def rows_from_wandb_runs(runs: Iterable[Any], source: str) -> tuple[list[dict], 
             row = row_from_summary(_wandb_summary(run), f"{source}/{run.id}")
         except SkippedRun as e:
             _warn(f"collect: skipping W&B run {run.id}: {e}")
+            continue
+        if problem := record_problem(row):
+            _warn(f"collect: W&B run {run.id}: {problem}; marked {UNREADABLE}")
+            row.update(status=UNREADABLE, error=problem, curves="not read (damaged record)")
+            rows.append(row)
             continue
         history = run.history(pandas=True)
         if len(history) and "epoch" in history:

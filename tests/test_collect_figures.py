@@ -136,6 +136,46 @@ def test_collect_marks_every_run_it_cannot_read_with_the_reason_and_keeps_runnin
     assert any(no_test_acc.name in line and "lacks test_acc" in line for line in err)
 
 
+def test_collect_never_takes_a_damaged_record_for_a_whole_run(tmp_path, capsys):
+    """Records the trainer never writes (a file cut off, a stale or hand-edited summary) are not drawn as runs."""
+    sweep = tmp_path / "sweep"
+
+    def run(seed, **kw):
+        return fake_runs.write_fake_run(sweep, optimizer="adamw", lr=1e-3, weight_decay=1e-4, seed=seed,
+                                        test_acc=0.8, model_norm=30.0, **kw)
+
+    whole = run(0)
+    diverged = run(1, status="diverged", epochs_completed=2)  # its last row's loss is NaN: that is allowed
+    cut = run(2)
+    text = (cut / "metrics.csv").read_text()
+    (cut / "metrics.csv").write_text(text[:text.rstrip("\n").rindex(",", 0, -20)])  # the last row cut mid-row
+    short_curves = run(3)
+    metrics = pd.read_csv(short_curves / "metrics.csv")
+    metrics.iloc[:-1].to_csv(short_curves / "metrics.csv", index=False)
+    short = run(4)
+    summary = json.loads((short / "summary.json").read_text())
+    summary["epochs_completed"] = 1
+    (short / "summary.json").write_text(json.dumps(summary))
+    no_final = run(5)
+    summary = json.loads((no_final / "summary.json").read_text())
+    summary["final"]["test_acc"] = None
+    (no_final / "summary.json").write_text(json.dumps(summary))
+
+    results, curves = collect.collect_runs([sweep])
+    err = capsys.readouterr().err
+    by_name = {Path(r).name: row for r, row in zip(results["run_dir"], results.to_dict("records"))}
+    assert by_name[whole.name]["curves"] == by_name[diverged.name]["curves"] == "ok"
+    assert by_name[cut.name]["status"] == "finished" and "has empty fields at epoch 5" in by_name[cut.name]["curves"]
+    assert by_name[short_curves.name]["curves"] == "metrics.csv holds 4 epochs, summary.json 5"
+    assert set(curves["run_dir"]) == {by_name[whole.name]["run_dir"], by_name[diverged.name]["run_dir"]}
+    assert by_name[short.name]["status"] == "unreadable" and \
+        by_name[short.name]["error"] == "summary.json says finished after 1 of 5 epochs"
+    assert by_name[no_final.name]["status"] == "unreadable" and \
+        by_name[no_final.name]["error"] == "summary.json says finished but has no final test_acc"
+    assert err.count("marked unreadable (move the folder away and run the sweep again to redo it)") == 2
+    assert by_name[short.name]["lr"] == 1e-3, "placed in its cell, where the figures frame it as incomplete"
+
+
 def test_collect_fails_in_one_line_when_no_run_is_found(tmp_path, capsys):
     (tmp_path / "empty" / ".submitit").mkdir(parents=True)
     (tmp_path / "empty" / ".submitit" / "config.yaml").write_text("a: 1\n")

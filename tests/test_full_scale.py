@@ -298,7 +298,8 @@ def _full_scale_run(root: Path, w: full_scale.Window, index: int, status: str, a
         "hparams": run_info.hparams(cfg, "fingerprint"), "epochs_completed": 50 if done else 3,
         "final": {"test_acc": acc, "test_loss": 1.0, "train_acc": acc, "train_loss": 1.0, "model_norm": 30.0},
         "best": {"test_acc": acc, "epoch": 50 if done else 3}}))
-    (run / "metrics.csv").write_text(f"epoch,test_acc,train_loss,epoch_time_s\n1,{acc},1.0,10.0\n")
+    rows = "".join(f"{epoch},{acc},1.0,10.0\n" for epoch in range(1, (50 if done else 3) + 1))
+    (run / "metrics.csv").write_text(f"epoch,test_acc,train_loss,epoch_time_s\n{rows}")
     return run
 
 
@@ -413,7 +414,7 @@ def test_publish_writes_an_experiments_results_figures_claims_and_provenance_eve
     assert f"blog_adamw_vs_adamp: 24 runs (16 missing, 8 finished) in {results / 'blog_adamw_vs_adamp.csv'}" in out
     import pandas as pd
 
-    assert len(pd.read_csv(results / "blog_adamw_vs_adamp_curves.csv")) == 8
+    assert len(pd.read_csv(results / "blog_adamw_vs_adamp_curves.csv")) == 8 * 50  # 8 runs of 50 epochs
     assert (results / "figures" / "blog_adamw_vs_adamp" / "heatmap_test_acc.png").exists()
     claims_md = (results / "claims" / "blog_adamw_vs_adamp.md").read_text()
     assert "24 runs (8 completed)" in claims_md, claims_md[:400]
