@@ -27,6 +27,8 @@ if _REPO not in sys.path:  # run in place as `python scripts/collect.py`, instal
     sys.path.insert(0, _REPO)
 import yaml  # noqa: E402
 
+import sweep_plan  # noqa: E402
+
 from experiments import run_files, run_info  # noqa: E402
 from experiments.run_identity import config_id, same_value  # noqa: E402
 
@@ -223,11 +225,16 @@ def unreadable_row(run_dir: Path, reason: str) -> dict:
     return row
 
 
+def _same_run(expected: dict, row: dict) -> bool:
+    return all(same_value(row.get(k), expected.get(k)) for k in EXPECTED_MATCH)
+
+
 def missing_rows(sweep_dir: Path, rows: list[dict]) -> list[dict]:
-    """Rows (status "missing") for the runs sweep_dir/expected_runs.json lists that no row is; [] without it."""
+    """Rows (status "missing") for the runs sweep_dir/expected_runs.json lists that no row is; without that file,
+    for the jobs its multirun.yaml plans that have no folder (planned_rows)."""
     path = sweep_dir / EXPECTED_FILE
     if not path.exists():
-        return []
+        return planned_rows(sweep_dir, rows)
     expected = run_files.read_json(path)
     if not isinstance(expected, dict) or not isinstance(expected.get("runs"), list):
         raise NoRunsFound(f"{display_path(path)} is unreadable; write it again with python scripts/full_scale.py "
@@ -235,7 +242,7 @@ def missing_rows(sweep_dir: Path, rows: list[dict]) -> list[dict]:
     out = []
     for run in expected["runs"]:
         hparams = run.get("hparams") or {}
-        if any(all(same_value(row.get(k), hparams.get(k)) for k in EXPECTED_MATCH) for row in rows):
+        if any(_same_run(hparams, row) for row in rows):
             continue
         row = {"run_dir": display_path(sweep_dir / run["run_name"]), "run_name": run["run_name"],
                "sweep_id": expected.get("sweep_id"), "experiment": expected.get("sweep_id"), "status": MISSING,
@@ -246,6 +253,40 @@ def missing_rows(sweep_dir: Path, rows: list[dict]) -> list[dict]:
     if out:
         _warn(f"collect: {len(out)} of the {len(expected['runs'])} runs of {', '.join(expected.get('windows', []))} "
               f"that {display_path(path)} lists have no run folder; marked {MISSING}")
+    return out
+
+
+def planned_rows(sweep_dir: Path, rows: list[dict]) -> list[dict]:
+    """Rows (status "missing") for the jobs of the sweep's latest launch (sweep_plan.py) that have no run folder:
+    never started, still queued, or removed. A folder of a job that never started writing (unreadable, in no
+    cell) gets the job's settings, so that its cell shows it too. [] without a plan."""
+    try:
+        plan = sweep_plan.planned_runs(sweep_dir)
+    except sweep_plan.PlanError as e:
+        _warn(f"collect: {e}")
+        return []
+    if plan is None:
+        return []
+    unplaced = {Path(r["run_dir"]).resolve(): r for r in rows if r["status"] == UNREADABLE and pd.isna(r.get("lr"))}
+    absent = [run for run in plan.runs if not (sweep_dir / run.name).is_dir()]
+    started = [run for run in plan.runs if (sweep_dir / run.name).resolve() in unplaced]
+    settings = sweep_plan.planned_hparams(absent + started)
+    for run, hparams in zip(started, settings[len(absent):]):
+        if hparams:
+            unplaced[(sweep_dir / run.name).resolve()].update({k: _cell(v) for k, v in hparams.items()},
+                                                              config_id=config_id(hparams))
+    out = []
+    for run, hparams in zip(absent, settings):
+        row = {"run_dir": display_path(sweep_dir / run.name), "run_name": run.name, "sweep_id": plan.sweep_id,
+               "experiment": plan.experiment, "status": MISSING, "curves": "none (not run)",
+               "error": f"not run: {sweep_plan.PLAN_FILE} plans it and no run folder holds it (a job never started "
+                        "or still queued, or its folder was removed)"}
+        if hparams:
+            row.update({k: _cell(v) for k, v in hparams.items()}, config_id=config_id(hparams))
+        out.append(row)
+    if out:
+        _warn(f"collect: {len(out)} of the {len(plan.runs)} runs that {display_path(sweep_dir / sweep_plan.PLAN_FILE)} "
+              f"plans have no run folder; marked {MISSING}")
     return out
 
 
@@ -482,9 +523,10 @@ def join_previous(previous_csv: str | os.PathLike, results: pd.DataFrame, curves
         if again is not None:
             raise JoinError(f"--join: {_run_label(row)} repeats {_run_label(again)} of {previous_csv}; collect "
                             "the new runs without it, or collect all runs from their folders without --join")
-    # An old "missing" row (a run still to do when it was collected) that a new run now holds is done.
-    done = {(r["config_id"], r["seed"]) for r in runs}
-    old = old[[not (r["status"] == MISSING and (r["config_id"], r["seed"]) in done) for r in old_records]]
+    # An old "missing" row (a run still to do when it was collected) that a new run now holds is done. Matched on
+    # the grid point and its scale, as collect matches them: a missing row's settings were composed, so they lack
+    # what only the run itself knows (its data's fingerprint), and its config_id is not the run's.
+    old = old[[not (r["status"] == MISSING and any(_same_run(r, new) for new in runs)) for r in old_records]]
     columns = list(dict.fromkeys([*old.columns, *results.columns]))
     joined = results_frame(pd.concat([old, results], ignore_index=True).reindex(columns=columns).to_dict("records"))
     joined_curves = pd.concat([old_curves, curves], ignore_index=True) if len(curves) else old_curves

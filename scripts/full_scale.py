@@ -51,6 +51,7 @@ if str(_REPO) not in sys.path:  # run in place as `python scripts/full_scale.py`
     sys.path.insert(0, str(_REPO))
 
 from collect import EXPECTED_FILE  # noqa: E402 - the file collect.py reads the missing runs from
+from sweep_plan import compose  # noqa: E402
 
 from experiments import run_files  # noqa: E402
 from experiments.run_identity import differences, same_value  # noqa: E402
@@ -132,20 +133,10 @@ class Grid:
         return list(packs.values())
 
 
-def _compose(override_lists: list[list[str]], hydra_config: bool = False) -> list:
-    """configs/train.yaml composed with each list of overrides, under one Hydra initialisation."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(_REPO / "configs"), version_base="1.3"):
-        return [compose("train", overrides=o, return_hydra_config=hydra_config) for o in override_lists]
-
-
 @functools.lru_cache(maxsize=None)
 def _experiment(experiment: str) -> tuple[str, tuple[tuple[str, str], ...], int, Any, str]:
     """(sweep id, sweeper axes, epochs, data subset, data name) of an experiment config (composed once)."""
-    (cfg,) = _compose([[f"experiment={experiment}"]], hydra_config=True)
+    (cfg,) = compose([[f"experiment={experiment}"]], hydra_config=True)
     axes = tuple((str(k), str(v)) for k, v in cfg.hydra.sweeper.params.items())
     return str(cfg.name), axes, int(cfg.trainer.epochs), cfg.data.subset, str(cfg.data.name)
 
@@ -344,7 +335,7 @@ def _runs_hparams(w: Window, g: Grid) -> list[dict]:
     """What collect.py's row of each run of the window says it is (run_info.hparams of its composed config)."""
     from experiments import run_info
 
-    return [run_info.hparams(cfg) for cfg in _compose([[f"experiment={w.experiment}", *name.split(",")]
+    return [run_info.hparams(cfg) for cfg in compose([[f"experiment={w.experiment}", *name.split(",")]
                                                        for name in g.names])]
 
 

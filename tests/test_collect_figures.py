@@ -226,7 +226,9 @@ def test_join_drops_an_old_missing_row_that_a_new_run_now_holds(tmp_path):
     assert collect.main([str(tmp_path / "new"), "-o", str(new)]) == 0
     new_rows, old = collect.read_csv_exact(new), collect.read_csv_exact(out)
     filled, other = new_rows.iloc[0], new_rows.iloc[1]
-    placeholder = {**filled[["optimizer", "lr", "weight_decay", "seed", "config_id"]].to_dict(),
+    # As collect writes it: the settings composed from the sweep's configs, which lack what only the run knows
+    # (its data's fingerprint), so its config_id is not the run's.
+    placeholder = {**filled[list(collect.EXPECTED_MATCH)].to_dict(), "config_id": "composed0000",
                    "run_dir": f"old/{filled['run_name']}", "status": collect.MISSING}
     pd.concat([old, pd.DataFrame([placeholder])], ignore_index=True).to_csv(out, index=False)
     assert collect.main([str(tmp_path / "new"), "-o", str(out), "--join", str(out)]) == 0
@@ -591,6 +593,52 @@ def test_a_grid_whose_rows_differ_in_more_than_lr_is_refused(tmp_path, capsys):
     assert "trainer.precision (bf16, fp32)" in capsys.readouterr().err
     assert figures.main([str(out), "-o", str(tmp_path / "figs"), "--split-by", "trainer.precision"]) == 0
     assert len(pd.read_csv(tmp_path / "figs" / "decoupling.csv")) == 3  # AdamW bf16, AdamW fp32, AdamP
+
+
+def test_jobs_of_a_sweep_that_left_no_folder_are_collected_as_missing_from_its_multirun_yaml(tmp_path, capsys):
+    """Real runs: a sweep of 2 lr x 2 seeds, then one run folder gone (a job never started, still queued, or
+    removed) and one emptied to what a job leaves before its first write. Neither leaves a row of its own."""
+    import shutil
+
+    import sweep_plan
+    from cli import cli_env, run_cli
+
+    sweep = tmp_path / "sweep"
+    run_cli(["-m", "data=synthetic", "data.train_size=64", "data.test_size=32", "trainer.batch_size=32",
+             "trainer.epochs=1", "logger=none", "optimizer.lr=1e-3,1e-2", "optimizer.weight_decay=0.5", "seed=0,1",
+             f"hydra.sweep.dir={sweep}"], env=cli_env(tmp_path, OMP_NUM_THREADS="1"))
+    plan = sweep_plan.planned_runs(sweep).runs
+    assert sorted(run.name for run in plan) == sorted(p.name for p in sweep.iterdir() if p.is_dir() and p.name[0] != ".")
+    gone, unstarted = (next(p for p in plan if f"optimizer.lr={lr},optimizer.weight_decay=0.5,seed={seed}" in p.name)
+                       for lr, seed in (("0.01", 1), ("0.001", 0)))
+    shutil.rmtree(sweep / gone.name)
+    for path in (sweep / unstarted.name).iterdir():
+        if path.name != ".hydra":
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    out = tmp_path / "r.csv"
+    assert collect.main([str(sweep), "-o", str(out)]) == 0
+    assert f"1 of the 4 runs that {collect.display_path(sweep / 'multirun.yaml')} plans have no run folder; " \
+           "marked missing" in capsys.readouterr().err
+    results = pd.read_csv(out).set_index("run_name")
+    assert sorted(results["status"]) == ["finished", "finished", "missing", "unreadable"]
+    for run, status in ((gone, "missing"), (unstarted, "unreadable")):
+        row = results.loc[run.name]
+        assert row["status"] == status
+        assert (row["optimizer"], row["lr"], row["weight_decay"], row["seed"]) == \
+            ("adamw", float(run.name.split("optimizer.lr=")[1].split(",")[0]), 0.5,
+             int(run.name.split("seed=")[1].split(",")[0]))
+        neighbour = results[(results["status"] == "finished") & (results["lr"] == row["lr"])].iloc[0]
+        assert all(collect.same_value(row[k], neighbour[k]) for k in collect.EXPECTED_MATCH if k != "seed")
+    assert figures.main([str(out), "-o", str(tmp_path / "figs")]) == 1
+    err = capsys.readouterr().err
+    assert "incomplete: AdamW, lr 1e-2, wd 0.5: 1 run(s) did not complete" in err
+    assert "incomplete: AdamW, lr 1e-3, wd 0.5: 1 run(s) did not complete" in err
+    assert "in no cell" not in err
+
+    (sweep / "multirun.yaml").write_text("hydra: {sweeper: [")  # damaged: the runs there are still collected
+    assert collect.main([str(sweep), "-o", str(out)]) == 0
+    assert "multirun.yaml cannot be read (ParserError); move it away" in capsys.readouterr().err
+    assert sorted(pd.read_csv(out)["status"]) == ["finished", "finished", "unreadable"]
 
 
 def test_a_results_csv_that_cannot_tell_runs_apart_is_refused(tmp_path, capsys):
