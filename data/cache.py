@@ -9,6 +9,8 @@ import warnings
 
 import torch
 
+from data.integrity import torch_file_damage
+
 CACHE_VERSION = 1
 DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "decay-no-more")
 _TENSOR_KEYS = ("train_x", "train_y", "test_x", "test_y")
@@ -33,6 +35,8 @@ def load_cache(path: str, fingerprint: dict) -> dict | None:
     if not os.path.exists(path):
         return None
     try:
+        if (damage := torch_file_damage(path)) is not None:
+            raise ValueError(damage)
         record = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is rebuilt
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]

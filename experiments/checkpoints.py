@@ -39,7 +39,24 @@ class MemberState:
 
 
 def read_member_state(checkpoint: dict, run_name: str, source: Path) -> MemberState | None:
-    """run_name's state in a loaded checkpoint of either format; None when it does not hold that run."""
+    """run_name's state in a loaded checkpoint of either format; None when it does not hold that run.
+    CheckpointError when the file lacks a part of a state, or its epoch and the run's history disagree (a
+    checkpoint this trainer did not write whole)."""
+    try:
+        state = _member_state(checkpoint, run_name, source)
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
+        raise run_files.CheckpointError(
+            f"checkpoint {source} is not a whole checkpoint of this trainer ({type(e).__name__}: "
+            f"{(str(e).splitlines() or [''])[0]}); move it away to restart the run") from None
+    if state is not None and not (len(state.history) == state.epoch if state.status == "running"
+                                  else len(state.history) <= state.epoch):
+        raise run_files.CheckpointError(
+            f"checkpoint {source} is after epoch {state.epoch} but holds {len(state.history)} epochs of "
+            f"{run_name}'s metrics; move it away to restart the run")
+    return state
+
+
+def _member_state(checkpoint: dict, run_name: str, source: Path) -> MemberState | None:
     if "members" not in checkpoint:  # a single run's own checkpoint
         return MemberState(int(checkpoint["epoch"]), checkpoint["model"], checkpoint["optimizer"],
                            checkpoint["scheduler"], list(checkpoint["history"]), "running", None, None,

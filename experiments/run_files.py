@@ -11,6 +11,8 @@ from typing import Any, Iterable
 
 import torch
 
+from data.integrity import torch_file_damage
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint exists but cannot be read."""
@@ -72,12 +74,16 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Loads with weights_only; a damaged file raises CheckpointError instead of a silent restart."""
+    """Loads with weights_only; a damaged file (cut off, or bytes changed: data.integrity) raises CheckpointError
+    instead of a silent restart or a resume from wrong weights."""
+    damage = torch_file_damage(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True) if damage is None else None
     except Exception as e:  # torch raises several types for truncated or foreign files
+        damage = type(e).__name__
+    if damage is not None:
         raise CheckpointError(
-            f"checkpoint {path} is corrupt ({type(e).__name__}); move it away to restart this run "
+            f"checkpoint {path} is corrupt ({damage}); move it away to restart this run "
             "from scratch, or restore it from a backup"
         ) from None
     if not isinstance(state, dict) or "epoch" not in state or "model" not in state:

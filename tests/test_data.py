@@ -286,7 +286,7 @@ def test_cache_dir_defaults_to_env_var(image_folder, tmp_path, monkeypatch):
     assert len(_cache_files(tmp_path / "env-cache")) == 1
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garbage", "wrong_format"])
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "wrong_format", "bytes flipped"])
 def test_corrupt_cache_is_rebuilt(image_folder, tmp_path, monkeypatch, damage):
     root, _ = image_folder
     cache_dir = tmp_path / "cache"
@@ -297,6 +297,11 @@ def test_corrupt_cache_is_rebuilt(image_folder, tmp_path, monkeypatch, damage):
         cache_file.write_bytes(content[: len(content) // 2])
     elif damage == "garbage":
         cache_file.write_bytes(b"\x00" * 100)
+    elif damage == "bytes flipped":  # inside the images' bytes: torch.load alone would load other pixels
+        middle = len(content) // 2
+        cache_file.write_bytes(content[:middle] + bytes(255 - b for b in content[middle:middle + 64])
+                               + content[middle + 64:])
+        assert not torch.equal(torch.load(cache_file, weights_only=True)["train_x"], good.train_x)
     else:
         torch.save({"something": torch.zeros(1)}, cache_file)
     with pytest.warns(CacheWarning, match="rebuilding") as record:

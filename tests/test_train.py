@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from cli import REPO, cli_env, run_cli
 
 TINY = ["data=synthetic", "data.train_size=256", "data.test_size=128", "trainer.batch_size=64", "logger=none"]
@@ -143,16 +144,37 @@ def test_divergence_is_recorded_and_exits_zero(tmp_path):
     assert len(read_metrics(run_dir)) == 1
 
 
-def test_corrupt_checkpoint_is_an_error_not_a_silent_restart(tmp_path):
+@pytest.mark.parametrize("damage", ["garbage", "bytes flipped", "a part missing", "epoch edited"])
+def test_corrupt_checkpoint_is_an_error_not_a_silent_restart(tmp_path, damage):
+    """Bytes flipped inside the weights still load with torch.load: that would resume from wrong weights."""
     args = [*TINY, "trainer.epochs=4", f"hydra.run.dir={tmp_path / 'run'}"]
     run_dir = tmp_path / "run"
     _kill_after_first_epoch(args, run_dir)
     metrics_before = (run_dir / "metrics.csv").read_bytes()
-    (run_dir / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    checkpoint = run_dir / "checkpoint.pt"
+    if damage == "garbage":
+        checkpoint.write_bytes(b"not a checkpoint")
+    elif damage in ("a part missing", "epoch edited"):  # whole files, but no state this trainer wrote
+        state = torch.load(checkpoint, weights_only=True)
+        state.pop("optimizer") if damage == "a part missing" else state.update(epoch=3)
+        torch.save(state, checkpoint)
+    else:
+        import zipfile
+
+        with zipfile.ZipFile(checkpoint) as archive:  # the largest tensor's bytes, well inside its entry
+            entry = max(archive.infolist(), key=lambda i: i.file_size)
+        raw = bytearray(checkpoint.read_bytes())
+        start = raw.index(entry.filename.encode(), entry.header_offset) + len(entry.filename) + 200
+        raw[start:start + 64] = bytes(255 - b for b in raw[start:start + 64])
+        checkpoint.write_bytes(bytes(raw))
+        torch.load(checkpoint, weights_only=True)  # what torch alone makes of it: no complaint
     proc = run_cli(args, check=False)
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
-    assert "corrupt" in last and "checkpoint.pt" in last
+    assert "checkpoint.pt" in last and "move it away" in last
+    said = {"garbage": "corrupt", "a part missing": "not a whole checkpoint of this trainer (KeyError",
+            "epoch edited": "is after epoch 3 but holds 1 epochs"}
+    assert (said.get(damage) or f"corrupt (entry {entry.filename} fails its CRC-32)") in last
     assert (run_dir / "metrics.csv").read_bytes() == metrics_before
     assert summary(run_dir)["status"] == "failed"
 
