@@ -39,10 +39,14 @@ def _load(path: Path) -> dict:
 @lru_cache(maxsize=4)
 def _parse(path: str, mtime_ns: int, size: int) -> dict:  # a table rewritten since is read again
     try:
-        return json.loads(Path(path).read_text())
+        table = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
         raise ValueError(f"{path} cannot be read ({exc}); write it again with scripts/route_table.py BENCH.json "
                          "or check it out again") from exc
+    if not isinstance(table, dict) or not all(isinstance(entry, dict) for entry in table.values()):
+        raise ValueError(f"{path} is not a route table (a JSON object per device type); write it again with "
+                         "scripts/route_table.py BENCH.json or check it out again")
+    return table
 
 
 def table_path() -> Path:

@@ -51,12 +51,14 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def read_json(path: str | os.PathLike) -> dict | None:
-    """The JSON at path, or None when it is missing or unreadable."""
+    """The JSON object at path, or None when it is missing, unreadable or not an object: every record this repo
+    writes is one, so any other JSON is a damaged record, as a truncated one is."""
     try:
         with open(path) as f:
-            return json.load(f)
+            value = json.load(f)
     except (OSError, ValueError):
         return None
+    return value if isinstance(value, dict) else None
 
 
 def write_csv(path: str | os.PathLike, rows: Iterable[dict], columns: list[str]) -> None:

@@ -44,10 +44,14 @@ class RunLock:
         self.held = False
 
     def _owner(self) -> dict | None:
+        """The lock's record; None when it cannot be one this class wrote (unreadable, half-written, damaged)."""
         try:
-            return json.loads(self.path.read_text())
+            owner = json.loads(self.path.read_text())
         except (OSError, ValueError):
             return None
+        if not isinstance(owner, dict) or not isinstance(owner.get("pid"), int) or isinstance(owner["pid"], bool):
+            return None
+        return owner
 
     def _stale(self, owner: dict | None) -> bool:
         if owner is None:

@@ -124,3 +124,11 @@ def test_a_pack_on_route_auto_trains_on_the_tables_route_and_says_why(tmp_path):
     info = json.loads(pack.read_text())
     assert info["size"] == 2 and info["route"] == "grouped", info
     assert "fastest measured for packs of 2" in info["route_reason"] and str(tmp_path / "cpu.json") in info["route_reason"]
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", '{"cuda": [1]}'])
+def test_a_table_that_is_json_but_no_route_table_is_a_one_line_error(tmp_path, text):
+    (tmp_path / "table.json").write_text(text)
+    with pytest.raises(ValueError, match=r"^\S+table.json is not a route table .*scripts/route_table.py") as e:
+        auto_route("cuda", 4, table=tmp_path / "table.json")
+    assert "\n" not in str(e.value)

@@ -186,3 +186,28 @@ def test_a_run_folder_that_cannot_be_written_is_one_line(tmp_path):
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: IsADirectoryError"), proc.stderr[-2000:]
     assert "summary.json cannot be written" in lines[0]
+
+
+@pytest.mark.parametrize("lock", ["[1]", '{"host": "HOST", "pid": "abc"}', '{"host": "HOST"}'])
+def test_a_damaged_lock_is_taken_over_as_a_stale_one(tmp_path, lock):
+    """A lock record this trainer cannot have written names no live owner: it is stale, not a crash."""
+    from experiments.run_lock import RunLock
+
+    (tmp_path / ".lock").write_text(lock.replace("HOST", os.uname().nodename))
+    run_lock = RunLock(tmp_path)
+    run_lock.acquire()
+    assert run_lock.held and json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
+    run_lock.release()
+    assert not (tmp_path / ".lock").exists()
+
+
+@pytest.mark.parametrize("launcher", ["local", "packed"])
+def test_a_summary_that_is_json_but_no_record_is_a_damaged_one_not_a_crash(tmp_path, launcher):
+    """'[1]' parses as JSON: read as a record it took a packed sweep down before any run trained."""
+    sweep = tmp_path / "sweep"
+    grid = ["-m", *TINY, "trainer.epochs=1", f"launcher={launcher}", f"hydra.sweep.dir={sweep}"]
+    run_cli([*grid, "seed=0"], env=cli_env(tmp_path))
+    (first,) = run_dirs(sweep)
+    (first / "summary.json").write_text("[1]\n")
+    run_cli([*grid, "seed=0,1"], env=cli_env(tmp_path))
+    assert [summary(d)["status"] for d in run_dirs(sweep)] == ["finished", "finished"]
