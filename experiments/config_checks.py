@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from experiments.builders import optimizer_constructor_cfg
 from models import blocks_per_stage
@@ -90,14 +91,27 @@ def check_config(cfg: DictConfig) -> None:
     flags = {f"trainer.{key}": tr.get(key, False) for key in ("channels_last", "keep_freed_memory", "checkpoint",
                                                               "cudnn_benchmark")}
     flags["model.batch_norm"] = cfg.model.batch_norm
+    if "exclude_norm_and_bias" in opt:  # a string such as 'false' would count as true and change the update
+        flags["optimizer.exclude_norm_and_bias"] = opt.exclude_norm_and_bias
     for key, value in flags.items():
-        _require(isinstance(value, bool), f"{key} must be true or false (got {value})")
+        _require(isinstance(value, bool), f"{key} must be true or false (got {value!r})")
+    progress = tr.get("progress", "auto")
+    _require(isinstance(progress, bool) or progress == "auto",
+             f"trainer.progress must be true, false or auto (got {progress!r}); auto shows a bar on a terminal")
+    _check_device(tr.get("device", "auto"))
+    # The seed trains through int(): 1.5 would train as seed 1 and be recorded as another run.
+    _integer("seed", cfg.seed, 0, "seed=0")
+    for key in ("subset_seed", "train_size", "test_size"):
+        if data.get(key) is not None:
+            _integer(f"data.{key}", data[key], 0 if key == "subset_seed" else 1, f"data.{key}=0"
+                     if key == "subset_seed" else f"data.{key}=2048")
     try:
         blocks_per_stage(cfg.model.depth)
     except ValueError:
         raise ConfigError(f"model.depth must be 6n+2 with n >= 1, e.g. 20, 32, 44, 56, 110 (got {cfg.model.depth})") \
             from None
-    _number("loss_multiplier", cfg.loss_multiplier, "> 0", lambda v: v > 0, "loss_multiplier=1.0 (the plain loss)")
+    _number("loss_multiplier", cfg.loss_multiplier, "> 0 and finite", lambda v: 0 < v < math.inf,
+            "loss_multiplier=1.0 (the plain loss)")
     _check_schedule(sched, tr.epochs)
     for key in ("subset", "test_subset"):
         value = data.get(key)
@@ -120,9 +134,24 @@ def _check_schedule(sched: DictConfig, epochs: int) -> None:
         _number("schedule.min_factor", sched.min_factor, "in [0, 1]", lambda v: 0 <= v <= 1, "schedule.min_factor=0")
     if sched.name == "multistep":
         _number("schedule.gamma", sched.gamma, "> 0", lambda v: v > 0, "schedule.gamma=0.1")
+        _require(OmegaConf.is_list(sched.milestones),
+                 f"schedule.milestones must be a list of fractions of the run (got {sched.milestones!r}); "
+                 "e.g. schedule.milestones=[0.5,0.75]")
         for m in sched.milestones:
             _number("schedule.milestones", m, "in (0, 1) (fractions of the run)", lambda v: 0 < v < 1,
                     "schedule.milestones=[0.5,0.75]")
+
+
+def _check_device(name) -> None:
+    """trainer.device names a device torch knows (whether one is there is builders.pick_device's check)."""
+    if name == "auto":
+        return
+    try:
+        device = torch.device(name) if isinstance(name, str) and name else None
+    except RuntimeError:
+        device = None
+    _require(device is not None and device.type in ("cpu", "cuda"),
+             f"trainer.device must be auto, cpu, cuda or cuda:N (got {name!r})")
 
 
 def check_data_fits(cfg: DictConfig, train_images: int) -> None:

@@ -192,10 +192,20 @@ def test_corrupt_checkpoint_is_an_error_not_a_silent_restart(tmp_path, damage):
     ("optimizer.lr=true", "optimizer.lr"),
     ("model.depth=21", "model.depth"),
     ("trainer.compile=yes", "trainer.compile"),
+    ("optimizer.exclude_norm_and_bias='false'", "optimizer.exclude_norm_and_bias"),  # a string: it was true
+    ("loss_multiplier=inf", "loss_multiplier"),
+    ("seed=1.5", "seed"),  # it trained as seed 1, recorded as another run
+    ("seed=abc", "seed"),
+    ("data.train_size=100.5", "data.train_size"),
+    ("data.subset_seed=abc", "data.subset_seed"),
+    ("trainer.device=gpu", "trainer.device"),
+    ("trainer.device=meta", "trainer.device"),
+    ("trainer.progress=sometimes", "trainer.progress"),
+    ("schedule=multistep schedule.milestones=0.5", "schedule.milestones"),
 ])
 def test_bad_numbers_fail_before_training_with_one_line(tmp_path, override, key):
     run_dir = tmp_path / "run"
-    proc = run_cli([*TINY, override, f"hydra.run.dir={run_dir}"], check=False)
+    proc = run_cli([*TINY, *override.split(" "), f"hydra.run.dir={run_dir}"], check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: ConfigError: {key} must be")
     assert not (run_dir / "metrics.csv").exists()
