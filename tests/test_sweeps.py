@@ -111,6 +111,15 @@ def test_a_sweep_of_other_processes_exits_1_and_names_its_failed_run(tmp_path, l
              f"hydra.sweep.dir={sweep}"], timeout=900)
 
 
+def test_a_joblib_pool_of_no_size_is_a_one_line_error(tmp_path):
+    proc = run_cli(["-m", *TINY, "launcher=joblib", "hydra.launcher.n_jobs=0", "seed=0,1",
+                    f"hydra.sweep.dir={tmp_path / 'sweep'}"], check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == ("error: hydra.launcher.n_jobs must be a non-zero integer (got 0): "
+                                                    "N processes at once, -1 for one per CPU")
+    assert "Traceback" not in proc.stderr
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

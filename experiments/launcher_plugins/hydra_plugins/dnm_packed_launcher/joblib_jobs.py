@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -75,6 +76,10 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
     configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
     Path(str(launcher.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
     joblib_cfg = dict(launcher.joblib)
+    if joblib_cfg.get("n_jobs") == 0:  # Hydra's schema has already made it an integer
+        print("error: hydra.launcher.n_jobs must be a non-zero integer (got 0): N processes at once, -1 for one per "
+              "CPU", file=sys.stderr)
+        sys.exit(2)
     joblib_cfg["backend"] = "loky"  # as hydra-joblib-launcher: its threading backend cannot run Hydra jobs
     process_joblib_cfg(joblib_cfg)
     log.info("Joblib.Parallel(%s) is launching %d jobs", ",".join(f"{k}={v}" for k, v in joblib_cfg.items()),
