@@ -11,6 +11,8 @@ from there (`handing_over`).
 interrupts_held() does the same for Ctrl-C around an epoch's bookkeeping, so that its files and its
 W&B step are written together.
 
+terminate_as_interrupt() makes SIGTERM to the command itself a Ctrl-C.
+
 stop_with_parent() leaves the same notice in a joblib worker (launcher=joblib) whose sweep driver is gone:
 loky passes no signal on to its workers, so a driver stopped with SIGTERM or SIGKILL would otherwise leave
 them training their runs to the end, holding the cores a restarted sweep needs.
@@ -32,6 +34,10 @@ T = TypeVar("T")
 
 class Preempted(KeyboardInterrupt):
     """A preemption or timeout notice arrived; the runs resume from their last epoch checkpoint."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, a scheduler's stop) to a command's own process: stopped as for Ctrl-C."""
 
 
 PREEMPTED = "preempted: resuming from the last epoch checkpoint when requeued"
@@ -79,6 +85,16 @@ def _watch_parent(pid: int, poll_s: float) -> None:
     _noticed = (f"the sweep's driver process (pid {pid}) is gone: run the sweep again to resume from the last "
                 "epoch checkpoint")
     log.warning("%s; stopping between two steps", _noticed)
+
+
+def terminate_as_interrupt() -> None:
+    """SIGTERM raises Terminated, so a command killed with it records its runs as interrupted, as for Ctrl-C,
+    instead of ending at once with their summaries still saying "running". For the command's own process
+    only: a submitit job's SIGTERM is submitit's, and a joblib worker is stopped by its pool."""
+    def _terminated(signum, frame):
+        raise Terminated("SIGTERM")
+
+    signal.signal(signal.SIGTERM, _terminated)
 
 
 def notice_signal() -> signal.Signals:

@@ -47,7 +47,9 @@ def main(cfg: DictConfig) -> float | None:
     run_dir = Path(hc.runtime.output_dir)
     run_name = hc.job.override_dirname or "default"
     multirun = hc.mode == RunMode.MULTIRUN
-    preemption.stop_with_parent()  # a joblib worker stops training when its sweep's driver is gone
+    in_worker = preemption.stop_with_parent()  # a joblib worker stops training when its sweep's driver is gone
+    if not in_worker and not preemption.in_submitit_job():
+        preemption.terminate_as_interrupt()  # the command's own process trains: SIGTERM stops it as Ctrl-C does
     try:
         def train() -> dict:
             return train_run(cfg, run_dir, run_name, base_dir=hc.runtime.cwd)
@@ -90,4 +92,11 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt as interrupt:
+        # The runs in progress were recorded as interrupted on the way here; a traceback would say nothing more.
+        terminated = isinstance(interrupt, preemption.Terminated)
+        print(f"interrupted ({'SIGTERM' if terminated else 'Ctrl-C'}): the runs in progress are recorded as "
+              "interrupted; run the same command again to resume them from their last epoch", file=sys.stderr)
+        sys.exit(143 if terminated else 130)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli import REPO, cli_env, run_cli
+from cli import REPO, cli_env, run_cli, wait_for
 
 TINY = ["data=synthetic", "data.train_size=256", "data.test_size=128", "trainer.batch_size=64", "logger=none"]
 METRICS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "model_norm", "grad_norm", "lr",
@@ -124,6 +124,36 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_result(tmp_path):
     assert [{k: v for k, v in r.items() if k not in timing} for r in a] == \
         [{k: v for k, v in r.items() if k not in timing} for r in b]
     assert summary(resumed)["final"] == summary(straight)["final"]
+
+
+@pytest.mark.parametrize("launch", [[], ["-m", "seed=0,1"], ["-m", "seed=0,1", "launcher=packed"]],
+                         ids=["single", "sweep", "packed"])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_an_interrupted_command_says_so_in_one_line_and_records_its_runs_as_interrupted(tmp_path, signum, launch):
+    """Ctrl-C, or a kill (SIGTERM), mid-run: the run in progress is recorded as interrupted, to resume from its last
+    epoch (SIGTERM ended the process at once before, leaving it 'running'), and the command says so in one line
+    instead of a traceback."""
+    out = tmp_path / "out"
+    args = [*launch[:1], *TINY, "trainer.epochs=50", *launch[1:],
+            f"hydra.{'sweep' if launch else 'run'}.dir={out}"]
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.train", *args], cwd=REPO, env=cli_env(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: any(s.parent.parent.name != ".packs" for s in out.rglob("summary.json")) or
+                 proc.poll() is not None, 300, "the first epoch")
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signum, err[-2000:]
+    name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+    assert err.strip().splitlines()[-1] == (f"interrupted ({name}): the runs in progress are recorded as interrupted; "
+                                            "run the same command again to resume them from their last epoch")
+    assert "Traceback" not in err
+    stopped = [summary(s.parent) for s in out.rglob("summary.json") if s.parent.parent.name != ".packs"]
+    assert stopped and all(s["status"] == "interrupted" and 1 <= s["epochs_completed"] < 50 for s in stopped)
+    assert all("run the same command again to resume" in s["error"] for s in stopped)
 
 
 def test_finished_run_is_skipped_when_launched_again(tmp_path):

@@ -267,6 +267,9 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
     if launcher.submitit is not None:
         failures += _submit_packs(launcher, planned)
     else:
+        from experiments import preemption
+
+        preemption.terminate_as_interrupt()  # the packs train in this process: SIGTERM stops them as Ctrl-C does
         for pack_jobs, pack_dir in planned:
             failures += _run_pack(launcher, pack_jobs, pack_dir)
             configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
