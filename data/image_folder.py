@@ -49,10 +49,14 @@ def scan_image_folder(root: str) -> ImageFolderListing:
         for label, cls in enumerate(train_classes):
             class_dir = os.path.join(root, split, cls)
             with os.scandir(class_dir) as entries:
-                files = sorted(
-                    (e.name, e.stat()) for e in entries
-                    if e.is_file() and not e.name.startswith(".") and e.name.lower().endswith(decode.IMAGE_EXTENSIONS)
-                )
+                images = [e for e in entries
+                          if not e.name.startswith(".") and e.name.lower().endswith(decode.IMAGE_EXTENSIONS)]
+            # An image link to nothing is an image missing, not a file to pass over: the split would shrink unsaid.
+            broken = [e.path for e in images if e.is_symlink() and not os.path.exists(e.path)]
+            if broken:
+                raise ValueError(f"{broken[0]} is a link to a file that is not there ({len(broken)} such in "
+                                 f"{class_dir}); restore the images or copy the data again")
+            files = sorted((e.name, e.stat()) for e in images if e.is_file())
             if not files:
                 raise ValueError(f"{class_dir} holds no .png/.jpg/.jpeg images")
             for name, st in files:

@@ -176,6 +176,23 @@ def test_corrupt_image_file_is_named_in_one_line_error(tmp_path):
     assert not os.path.exists(tmp_path / "cache") or not _cache_files(tmp_path / "cache")
 
 
+def test_an_image_linked_to_nothing_is_missing_data_not_a_smaller_split(tmp_path):
+    root = tmp_path / "imgs"
+    write_image_folder(root)
+    whole = load_dataset("cifar10", str(root), cache_dir=str(tmp_path / "cache"), download=False)
+    image = root / "train" / "cat" / "0002.png"
+    moved = tmp_path / "elsewhere.png"
+    image.rename(moved)
+    image.symlink_to(moved)  # a folder of links (a shared copy) reads as the files themselves
+    linked = load_dataset("cifar10", str(root), cache_dir=str(tmp_path / "cache2"), download=False)
+    assert torch.equal(linked.train_x, whole.train_x)
+    moved.unlink()
+    with pytest.raises(ValueError) as info:
+        load_dataset("cifar10", str(root), cache_dir=str(tmp_path / "cache3"), download=False)
+    assert str(info.value).startswith(f"{image} is a link to a file that is not there (1 such in ")
+    assert "\n" not in str(info.value)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_decoders_name_the_bad_file(tmp_path, backend):
     rng = np.random.default_rng(0)
