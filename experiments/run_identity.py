@@ -142,4 +142,5 @@ def check_same_run(run_dir: Path, previous: dict, config: dict, fingerprint: Cal
             diffs = [f"data: {old_root} -> {new_root} holds other images (fingerprint {stored_fp} -> {now})"]
     if diffs:
         raise RunMismatch(f"{run_dir} holds a {previous.get('status')} run of other settings ({'; '.join(diffs)}); "
-                          "give this sweep another sweep_id (e.g. sweep_id=NEW_NAME), or move that folder away")
+                          "give this sweep another sweep_id (e.g. sweep_id=NEW_NAME), a single run another folder "
+                          "(hydra.run.dir=PATH), or move that folder away")

@@ -89,6 +89,9 @@ def test_a_finished_run_with_another_setting_under_the_same_name_is_refused(tmp_
     assert proc.stderr.strip().splitlines()[-1].startswith(
         f"error: RunMismatch: {run_dir} holds a finished run of other settings (optimizer.betas: [0.9, 0.999] -> "
         "[0.8, 0.99])")
+    # What it says to do works for a single run, whose folder no sweep_id names.
+    assert "a single run another folder (hydra.run.dir=PATH)" in proc.stderr.strip().splitlines()[-1]
+    run_cli([*TINY, "trainer.epochs=1", "optimizer.betas=[0.8,0.99]", f"hydra.run.dir={tmp_path / 'other'}"])
     assert (run_dir / "summary.json").read_bytes() == before
 
 
