@@ -111,6 +111,16 @@ def test_a_sweep_of_other_processes_exits_1_and_names_its_failed_run(tmp_path, l
              f"hydra.sweep.dir={sweep}"], timeout=900)
 
 
+@pytest.mark.parametrize("launcher", ["local", "packed"])
+def test_a_grid_point_swept_twice_is_trained_once_and_the_sweep_succeeds(tmp_path, launcher):
+    """seed=0,0 makes two jobs of one run folder; in one pack they fought over its lock and the sweep exited 1."""
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["-m", *TINY, f"launcher={launcher}", "seed=0,0", f"hydra.sweep.dir={sweep}"])
+    assert [s["status"] for s in summaries(sweep).values()] == ["finished"]
+    if launcher == "packed":
+        assert "job #1 is the same run as job #0; training it once" in proc.stdout + proc.stderr
+
+
 def test_a_joblib_pool_of_no_size_is_a_one_line_error(tmp_path):
     proc = run_cli(["-m", *TINY, "launcher=joblib", "hydra.launcher.n_jobs=0", "seed=0,1",
                     f"hydra.sweep.dir={tmp_path / 'sweep'}"], check=False)

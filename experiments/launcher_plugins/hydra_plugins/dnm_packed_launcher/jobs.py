@@ -254,7 +254,15 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
             log.error("%s failed: %s", job.member.run_name, job.error)
             record_failure(job.member.cfg, job.member.run_dir, job.member.run_name, job.error)
             job.ret.status, job.ret.return_value = JobStatus.COMPLETED, None
-    ready = [job for job in jobs if job.error is None]
+    # A grid point swept twice (seed=0,0) is one run folder: trained once, as the other launchers skip the second.
+    first_of: dict[Path, _Job] = {}
+    twice: list[tuple[_Job, _Job]] = []
+    for job in jobs:
+        if job.error is None and (first := first_of.setdefault(job.member.run_dir, job)) is not job:
+            log.warning("%s: job #%s is the same run as job #%s; training it once", job.member.run_name,
+                        job.config.hydra.job.num, first.config.hydra.job.num)
+            twice.append((job, first))
+    ready = [job for job in jobs if job.error is None and first_of[job.member.run_dir] is job]
     keys = [pack_key(job.member.cfg, launcher.packed_init) for job in ready]
     packs = group_into_packs(keys, launcher.pack_size)
     failures = [f"{job.member.run_name}: {job.error}" for job in jobs if job.error is not None]
@@ -273,6 +281,8 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
         for pack_jobs, pack_dir in planned:
             failures += _run_pack(launcher, pack_jobs, pack_dir)
             configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
+    for job, first in twice:
+        job.ret = first.ret
     if failures:
         # Every pack has run; the sweep still says, on stderr and in its exit code, that runs are missing.
         for line in failures:
