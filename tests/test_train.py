@@ -156,6 +156,16 @@ def test_an_interrupted_command_says_so_in_one_line_and_records_its_runs_as_inte
     assert all("run the same command again to resume" in s["error"] for s in stopped)
 
 
+@pytest.mark.parametrize("launch", [[], ["-m", "seed=0,1"]], ids=["single", "sweep"])
+def test_an_output_root_through_a_file_is_a_one_line_error(tmp_path, launch):
+    (tmp_path / "afile").write_text("")
+    proc = run_cli([*launch[:1], *TINY, *launch[1:], f"output_root={tmp_path / 'afile' / 'out'}"], check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (f"error: output_root={tmp_path / 'afile' / 'out'} cannot hold the "
+                                                    f"run folders: {tmp_path / 'afile'} is a file; choose another "
+                                                    "output_root")
+
+
 def test_finished_run_is_skipped_when_launched_again(tmp_path):
     run_dir = tmp_path / "run"
     run_cli([*TINY, "trainer.epochs=1", f"hydra.run.dir={run_dir}"])
