@@ -114,5 +114,5 @@ def planned_hparams(runs: list[PlannedRun]) -> list[dict | None]:
 
     try:
         return [run_info.hparams(cfg) for cfg in compose([list(run.overrides) for run in runs])]
-    except (HydraException, ValueError, KeyError):
+    except (HydraException, OmegaConfBaseException, ValueError, KeyError):
         return [None] * len(runs)
