@@ -4,7 +4,9 @@ Two launches of the same sweep at once (a second terminal, a resubmitted job) wo
 train every run: twice the compute, epochs logged twice. The lock is `<run folder>/.lock`, created
 with O_EXCL (atomic, also on NFS), holding the owner's host, pid and start time; the owner touches
 it after every epoch. A lock is stale, and taken over with a warning, when its process is gone
-(same host) or it has not been touched for DNM_LOCK_STALE_S seconds (another host; default 6 h).
+(same host) or it has not been touched for DNM_LOCK_STALE_S seconds (another host; default 6 h). A lock
+that cannot be read is one its owner is still writing (it exists from O_EXCL on, its record a moment later)
+or one a process killed while writing it left: it is stale only once WRITE_GRACE_S old.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ log = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"
 DEFAULT_STALE_S = 6 * 3600
+WRITE_GRACE_S = 10.0
 
 
 class RunLocked(RuntimeError):
@@ -54,14 +57,15 @@ class RunLock:
         return owner
 
     def _stale(self, owner: dict | None) -> bool:
-        if owner is None:
-            return True  # unreadable or half-written by a process killed while writing it
-        if owner.get("host") == socket.gethostname():
-            return not _alive(int(owner.get("pid", -1)))
         try:
             idle = time.time() - self.path.stat().st_mtime
         except OSError:
             return True
+        if owner is None:
+            # Taking over a lock whose owner has not yet written its record would let two processes train the run.
+            return idle > WRITE_GRACE_S
+        if owner.get("host") == socket.gethostname():
+            return not _alive(owner["pid"])
         return idle > float(os.environ.get("DNM_LOCK_STALE_S", DEFAULT_STALE_S))
 
     def acquire(self) -> None:
@@ -73,7 +77,8 @@ class RunLock:
             except FileExistsError:
                 owner = self._owner()
                 if not self._stale(owner):
-                    who = f"pid {owner.get('pid')} on {owner.get('host')} since {owner.get('started')}"
+                    who = ("its record is being written" if owner is None else
+                           f"pid {owner.get('pid')} on {owner.get('host')} since {owner.get('started')}")
                     raise RunLocked(f"{self.path.parent} is being trained by another process ({who}); leaving it to "
                                     f"that one (delete {self.path} if that process is gone)") from None
                 log.warning("%s: taking over a stale lock (%s)", self.path.parent,

@@ -191,13 +191,21 @@ def test_a_run_folder_that_cannot_be_written_is_one_line(tmp_path):
     assert "summary.json cannot be written" in lines[0]
 
 
-@pytest.mark.parametrize("lock", ["[1]", '{"host": "HOST", "pid": "abc"}', '{"host": "HOST"}'])
+@pytest.mark.parametrize("lock", ["", "[1]", '{"host": "HOST", "pid": "abc"}', '{"host": "HOST"}'],
+                         ids=["empty: its owner between O_EXCL and its record", "a list", "pid no number", "no pid"])
 def test_a_damaged_lock_is_taken_over_as_a_stale_one(tmp_path, lock):
-    """A lock record this trainer cannot have written names no live owner: it is stale, not a crash."""
-    from experiments.run_lock import RunLock
+    """A lock record this trainer cannot have written names no live owner: stale once it is older than a lock's
+    owner takes to write its record, and never a crash."""
+    from experiments import run_lock as run_lock_module
+    from experiments.run_lock import RunLock, RunLocked
 
     (tmp_path / ".lock").write_text(lock.replace("HOST", os.uname().nodename))
     run_lock = RunLock(tmp_path)
+    # Just written, it may be a lock whose owner is still writing its record: left to that owner for a moment.
+    with pytest.raises(RunLocked, match="its record is being written"):
+        run_lock.acquire()
+    old = time.time() - run_lock_module.WRITE_GRACE_S - 1
+    os.utime(tmp_path / ".lock", (old, old))
     run_lock.acquire()
     assert run_lock.held and json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
     run_lock.release()
