@@ -34,12 +34,13 @@ def load_cache(path: str, fingerprint: dict) -> dict | None:
     """The cached record if it exists, is readable and matches fingerprint; otherwise warn (one line) and None."""
     if not os.path.exists(path):
         return None
-    try:
-        if (damage := torch_file_damage(path)) is not None:
-            raise ValueError(damage)
-        record = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is rebuilt
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    reason = torch_file_damage(path)
+    if reason is None:
+        try:
+            record = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is rebuilt
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if reason is not None:
         warnings.warn(f"decode cache {path} is unreadable ({reason}); rebuilding it", CacheWarning, stacklevel=3)
         return None
     if not isinstance(record, dict) or record.get("version") != CACHE_VERSION or not all(

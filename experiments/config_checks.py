@@ -101,10 +101,9 @@ def check_config(cfg: DictConfig) -> None:
     _check_device(tr.get("device", "auto"))
     # The seed trains through int(): 1.5 would train as seed 1 and be recorded as another run.
     _integer("seed", cfg.seed, 0, "seed=0")
-    for key in ("subset_seed", "train_size", "test_size"):
+    for key, least, example in (("subset_seed", 0, 0), ("train_size", 1, 2048), ("test_size", 1, 512)):
         if data.get(key) is not None:
-            _integer(f"data.{key}", data[key], 0 if key == "subset_seed" else 1, f"data.{key}=0"
-                     if key == "subset_seed" else f"data.{key}=2048")
+            _integer(f"data.{key}", data[key], least, f"data.{key}={example}")
     try:
         blocks_per_stage(cfg.model.depth)
     except ValueError:

@@ -78,11 +78,12 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Loads with weights_only; a damaged file (cut off, or bytes changed: data.integrity) raises CheckpointError
     instead of a silent restart or a resume from wrong weights."""
-    damage = torch_file_damage(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True) if damage is None else None
-    except Exception as e:  # torch raises several types for truncated or foreign files
-        damage = type(e).__name__
+    damage, state = torch_file_damage(path), None
+    if damage is None:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises several types for truncated or foreign files
+            damage = type(e).__name__
     if damage is not None:
         raise CheckpointError(
             f"checkpoint {path} is corrupt ({damage}); move it away to restart this run "

@@ -268,8 +268,8 @@ class HeatmapTable:
 
     mean and std are over the seeds that did not diverge; n_runs counts completed runs
     (finished or diverged), n_diverged the diverged ones, n_incomplete the runs of the cell that did
-    not complete (running, interrupted, failed, unreadable, missing), n_absent the seeds of the method
-    that a cell holding runs has no run of at all (absent_seeds).
+    not complete (running, interrupted, failed, unreadable, missing), absent the seeds of the method
+    that a cell holding runs has no run of at all (absent_seeds; a tuple per cell).
     """
 
     mean: pd.DataFrame
@@ -277,7 +277,7 @@ class HeatmapTable:
     n_runs: pd.DataFrame
     n_diverged: pd.DataFrame
     n_incomplete: pd.DataFrame
-    n_absent: pd.DataFrame
+    absent: pd.DataFrame
 
     @property
     def lrs(self) -> list[float]:
@@ -291,6 +291,10 @@ class HeatmapTable:
     def missing(self) -> pd.DataFrame:
         """No run at all: neither a completed nor an incomplete one."""
         return (self.n_runs == 0) & (self.n_incomplete == 0)
+
+    @property
+    def n_absent(self) -> pd.DataFrame:
+        return self.absent.map(len)
 
     @property
     def incomplete(self) -> pd.DataFrame:
@@ -336,8 +340,15 @@ def heatmap_table(runs: pd.DataFrame, column: str) -> HeatmapTable:
         n_runs=grid(runs.groupby(cells).size()).fillna(0).astype(int),
         n_diverged=grid(runs[diverged].groupby(cells).size()).fillna(0).astype(int),
         n_incomplete=grid(unfinished.groupby(cells).size()).fillna(0).astype(int),
-        n_absent=grid(absent_seeds(every).map(len)).fillna(0).astype(int),
+        absent=_absent_grid(absent_seeds(every), lrs, wds),
     )
+
+
+def _absent_grid(absent: pd.Series, lrs: list, wds: list) -> pd.DataFrame:
+    frame = absent.unstack() if len(absent) else pd.DataFrame()
+    out = frame.reindex(index=lrs, columns=wds).astype(object)
+    out.index.name, out.columns.name = "lr", "weight_decay"
+    return out.map(lambda seeds: seeds if isinstance(seeds, tuple) else ())
 
 
 def absent_seeds(runs: pd.DataFrame) -> pd.Series:

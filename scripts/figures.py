@@ -626,13 +626,12 @@ def incomplete_report(df: pd.DataFrame, curves: pd.DataFrame | None, metric: str
     belong in no cell (unreadable without a config), curves missing from a best configuration."""
     column = lib.metric_column(df, metric)
     lines = []
-    for key, runs in lib.split_methods(placed_runs(df), split_by=split_by):
-        table, absent = lib.heatmap_table(runs, column), lib.absent_seeds(runs)
+    for key, table in heatmap_tables(df, column, split_by):
         for lr, wd in table.incomplete.stack()[lambda v: v].index:
             where = f"{lib.method_label(key)}, lr {lib.format_hparam(lr)}, wd {lib.format_hparam(wd)}"
             if n := int(table.n_incomplete.loc[lr, wd]):
                 lines.append(f"{where}: {n} run(s) did not complete")
-            if seeds := absent.get((lr, wd)):
+            if seeds := table.absent.loc[lr, wd]:
                 lines.append(f"{where}: no run of seed {', '.join(f'{s:g}' for s in seeds)} (the method's other "
                              "cells have one): a run folder never written, removed, or not brought home")
     unplaced = df[df[["optimizer", "lr", "weight_decay"]].isna().any(axis=1)]

@@ -84,10 +84,11 @@ def planned_runs(sweep_dir: Path) -> Plan | None:
     except (HydraException, KeyError, TypeError) as e:
         raise PlanError(f"{path}: its overrides cannot be expanded ({type(e).__name__}: "
                         f"{(str(e).splitlines() or [''])[0]}); move it away to collect the runs there") from None
+    task_config = OmegaConf.create({k: v for k, v in plan.items() if k != "hydra"})
     ids = []
     for key in ("sweep_id", "name"):
         try:
-            ids.append(str(OmegaConf.select(OmegaConf.create({k: v for k, v in plan.items() if k != "hydra"}), key)))
+            ids.append(str(OmegaConf.select(task_config, key)))
         except OmegaConfBaseException:  # an interpolation only Hydra resolves: the id stays unknown
             ids.append(None)
     return Plan(*ids, runs)
